@@ -1,0 +1,28 @@
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint system-deps clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+system-deps:
+	tools/system-deps
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) system-deps lint
+	$(VENV)/bin/pytest -q -ra
+
+demo: $(STAMP) system-deps
+	$(PY) -m demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

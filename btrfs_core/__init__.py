@@ -1,0 +1,1 @@
+"""btrfs_core: btrfs subvolumes, snapshots and qgroups through the kernel ioctls."""

@@ -1,0 +1,93 @@
+"""What the pool needs from btrfs, as one interface: the kernel, or the in-memory fake for unit tests."""
+
+import errno
+from pathlib import Path
+from typing import Protocol
+
+from btrfs_core import filesystem, quota, subvolume
+from btrfs_core.errors import KernelError
+from btrfs_core.models import FsUsage, QgroupUsage, QuotaMode, QuotaStatus, SubvolumeInfo
+
+
+class Backend(Protocol):
+    # Extended attribute that holds an object's metadata. The kernel backend uses the trusted
+    # namespace so that a pod, which sees its volume's root directory, can neither read nor forge it.
+    metadata_xattr: str
+
+    def check(self) -> str | None: ...
+    def create_subvolume(self, path: Path) -> None: ...
+    def snapshot(self, source: Path, path: Path, readonly: bool) -> None: ...
+    def delete_subvolume(self, path: Path) -> None: ...
+    def is_subvolume(self, path: Path) -> bool: ...
+    def subvolume_info(self, path: Path) -> SubvolumeInfo: ...
+    def set_readonly(self, path: Path, readonly: bool) -> None: ...
+    def quota_status(self) -> QuotaStatus: ...
+    def enable_quota(self, mode: QuotaMode) -> None: ...
+    def rescan_quota(self) -> None: ...
+    def set_limit(self, subvolume_id: int, limit: int | None) -> None: ...
+    def usage(self, subvolume_id: int) -> QgroupUsage: ...
+    def usage_all(self) -> dict[int, QgroupUsage]: ...
+    def remove_stale_qgroups(self) -> list[int]: ...
+    def fs_usage(self) -> FsUsage: ...
+    def sync(self) -> None: ...
+
+
+class KernelBackend:
+    """btrfs through the kernel's ioctls, for the filesystem mounted at root."""
+
+    metadata_xattr = "trusted.btrfs-csi"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def check(self) -> str | None:
+        return filesystem.check_btrfs_mount(self.root)
+
+    def create_subvolume(self, path: Path) -> None:
+        subvolume.create(path)
+
+    def snapshot(self, source: Path, path: Path, readonly: bool) -> None:
+        subvolume.snapshot(source, path, readonly)
+
+    def delete_subvolume(self, path: Path) -> None:
+        subvolume.delete(path)
+
+    def is_subvolume(self, path: Path) -> bool:
+        return subvolume.is_subvolume(path)
+
+    def subvolume_info(self, path: Path) -> SubvolumeInfo:
+        return subvolume.info(path)
+
+    def set_readonly(self, path: Path, readonly: bool) -> None:
+        subvolume.set_readonly(path, readonly)
+
+    def quota_status(self) -> QuotaStatus:
+        return quota.status(self.root)
+
+    def enable_quota(self, mode: QuotaMode) -> None:
+        quota.enable(self.root, mode)
+
+    def rescan_quota(self) -> None:
+        try:
+            quota.rescan(self.root)
+        except KernelError as exc:
+            if exc.errno != errno.EINPROGRESS:  # one is running already: that is what we wanted
+                raise
+
+    def set_limit(self, subvolume_id: int, limit: int | None) -> None:
+        quota.set_limit(self.root, subvolume_id, limit)
+
+    def usage(self, subvolume_id: int) -> QgroupUsage:
+        return quota.usage(self.root, subvolume_id)
+
+    def usage_all(self) -> dict[int, QgroupUsage]:
+        return quota.usage_all(self.root)
+
+    def remove_stale_qgroups(self) -> list[int]:
+        return quota.remove_stale(self.root)
+
+    def fs_usage(self) -> FsUsage:
+        return filesystem.usage(self.root)
+
+    def sync(self) -> None:
+        filesystem.sync(self.root)

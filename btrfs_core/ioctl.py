@@ -1,0 +1,229 @@
+"""The btrfs ioctls: request numbers, argument structures and one checked call.
+
+Numbers and layouts are those of the kernel UAPI headers linux/btrfs.h and linux/btrfs_tree.h.
+"""
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Iterator
+
+from btrfs_core.errors import (
+    AlreadyExists,
+    BtrfsCoreError,
+    InsufficientCapacity,
+    InUse,
+    KernelError,
+    NotFound,
+)
+
+u8, u32, u64, s64 = ctypes.c_uint8, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
+U64_MAX = (1 << 64) - 1
+
+_NONE, _WRITE, _READ = 0, 1, 2
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (0x94 << 8) | nr
+
+
+class VolArgs(ctypes.Structure):
+    _fields_ = [("fd", s64), ("name", ctypes.c_char * 4088)]
+
+
+class VolArgsV2(ctypes.Structure):
+    _fields_ = [
+        ("fd", s64),
+        ("transid", u64),
+        ("flags", u64),
+        ("unused", u64 * 4),  # a union: size and qgroup_inherit pointer, unused here
+        ("name", ctypes.c_char * 4040),
+    ]
+
+
+class QgroupLimit(ctypes.Structure):
+    _fields_ = [("flags", u64), ("max_rfer", u64), ("max_excl", u64), ("rsv_rfer", u64), ("rsv_excl", u64)]
+
+
+class QgroupLimitArgs(ctypes.Structure):
+    _fields_ = [("qgroupid", u64), ("lim", QgroupLimit)]
+
+
+class QuotaCtlArgs(ctypes.Structure):
+    _fields_ = [("cmd", u64), ("status", u64)]
+
+
+class QgroupCreateArgs(ctypes.Structure):
+    _fields_ = [("create", u64), ("qgroupid", u64)]
+
+
+class QuotaRescanArgs(ctypes.Structure):
+    _fields_ = [("flags", u64), ("progress", u64), ("reserved", u64 * 6)]
+
+
+class SearchKey(ctypes.Structure):
+    _fields_ = [
+        ("tree_id", u64),
+        ("min_objectid", u64),
+        ("max_objectid", u64),
+        ("min_offset", u64),
+        ("max_offset", u64),
+        ("min_transid", u64),
+        ("max_transid", u64),
+        ("min_type", u32),
+        ("max_type", u32),
+        ("nr_items", u32),
+        ("unused", u32),
+        ("unused_tail", u64 * 4),
+    ]
+
+
+class InoLookupArgs(ctypes.Structure):
+    _fields_ = [("treeid", u64), ("objectid", u64), ("name", ctypes.c_char * 4080)]
+
+
+class Timespec(ctypes.Structure):
+    _fields_ = [("sec", u64), ("nsec", u32)]
+
+
+class GetSubvolInfoArgs(ctypes.Structure):
+    _fields_ = [
+        ("treeid", u64),
+        ("name", ctypes.c_char * 256),
+        ("parent_id", u64),
+        ("dirid", u64),
+        ("generation", u64),
+        ("flags", u64),
+        ("uuid", u8 * 16),
+        ("parent_uuid", u8 * 16),
+        ("received_uuid", u8 * 16),
+        ("ctransid", u64),
+        ("otransid", u64),
+        ("stransid", u64),
+        ("rtransid", u64),
+        ("ctime", Timespec),
+        ("otime", Timespec),
+        ("stime", Timespec),
+        ("rtime", Timespec),
+        ("reserved", u64 * 8),
+    ]
+
+
+SEARCH_ARGS_V2_HEADER = ctypes.sizeof(SearchKey) + 8  # key + u64 buf_size, then the caller's buffer
+SEARCH_HEADER = struct.Struct("<QQQII")  # transid, objectid, offset, type, len
+
+IOC_SYNC = _ioc(_NONE, 8, 0)
+IOC_SNAP_DESTROY = _ioc(_WRITE, 15, ctypes.sizeof(VolArgs))
+IOC_TREE_SEARCH_V2 = _ioc(_READ | _WRITE, 17, SEARCH_ARGS_V2_HEADER)
+IOC_INO_LOOKUP = _ioc(_READ | _WRITE, 18, ctypes.sizeof(InoLookupArgs))
+IOC_SNAP_CREATE_V2 = _ioc(_WRITE, 23, ctypes.sizeof(VolArgsV2))
+IOC_SUBVOL_CREATE_V2 = _ioc(_WRITE, 24, ctypes.sizeof(VolArgsV2))
+IOC_SUBVOL_GETFLAGS = _ioc(_READ, 25, 8)
+IOC_SUBVOL_SETFLAGS = _ioc(_WRITE, 26, 8)
+IOC_QUOTA_CTL = _ioc(_READ | _WRITE, 40, ctypes.sizeof(QuotaCtlArgs))
+IOC_QGROUP_CREATE = _ioc(_WRITE, 42, ctypes.sizeof(QgroupCreateArgs))
+IOC_QGROUP_LIMIT = _ioc(_READ, 43, ctypes.sizeof(QgroupLimitArgs))  # declared _IOR by the header
+IOC_QUOTA_RESCAN = _ioc(_WRITE, 44, ctypes.sizeof(QuotaRescanArgs))
+IOC_QUOTA_RESCAN_STATUS = _ioc(_READ, 45, ctypes.sizeof(QuotaRescanArgs))
+IOC_QUOTA_RESCAN_WAIT = _ioc(_NONE, 46, 0)
+IOC_GET_SUBVOL_INFO = _ioc(_READ, 60, ctypes.sizeof(GetSubvolInfoArgs))
+
+assert ctypes.sizeof(VolArgsV2) == 4096 and ctypes.sizeof(GetSubvolInfoArgs) == 504
+
+SUBVOL_RDONLY = 1 << 1  # in vol_args_v2 and SUBVOL_GET/SETFLAGS
+ROOT_SUBVOL_RDONLY = 1 << 0  # the same, as the root item (GET_SUBVOL_INFO) stores it
+QUOTA_CTL_ENABLE, QUOTA_CTL_DISABLE, QUOTA_CTL_ENABLE_SIMPLE = 1, 2, 4
+QGROUP_LIMIT_MAX_RFER = 1
+
+# Trees, item types and objectids (btrfs_tree.h)
+ROOT_TREE, QUOTA_TREE = 1, 8
+FIRST_FREE_OBJECTID, LAST_FREE_OBJECTID = 256, U64_MAX - 255
+ROOT_ITEM_KEY, ROOT_BACKREF_KEY, ROOT_REF_KEY = 132, 144, 156
+QGROUP_STATUS_KEY, QGROUP_INFO_KEY, QGROUP_LIMIT_KEY = 240, 242, 244
+QGROUP_STATUS_ON, QGROUP_STATUS_RESCAN, QGROUP_STATUS_INCONSISTENT, QGROUP_STATUS_SIMPLE = 1, 2, 4, 8
+
+_ERRNO_CLASSES: dict[int, type[BtrfsCoreError]] = {
+    errno.ENOENT: NotFound,
+    errno.EEXIST: AlreadyExists,
+    errno.ENOSPC: InsufficientCapacity,
+    errno.EDQUOT: InsufficientCapacity,
+    errno.EBUSY: InUse,
+}
+
+
+def error_from_os(operation: str, target: str, exc: OSError) -> BtrfsCoreError:
+    """The typed error for a failed syscall: a class callers can act on, the errno kept in the text."""
+    code = exc.errno or 0
+    detail = f"{target}: {os.strerror(code)}"
+    cls = _ERRNO_CLASSES.get(code)
+    return cls(f"{operation}: {detail}") if cls else KernelError(operation, code, detail)
+
+
+def call(
+    fd: int,
+    request: int,
+    arg: ctypes.Structure | ctypes.c_uint64 | bytearray | int,
+    operation: str,
+    target: str,
+) -> None:
+    """ioctl(2) with the argument updated in place; failures become typed errors."""
+    try:
+        fcntl.ioctl(fd, request, arg)
+    except OSError as exc:
+        raise error_from_os(operation, target, exc) from None
+
+
+def tree_search(
+    fd: int,
+    tree_id: int,
+    min_key: tuple[int, int, int],
+    max_key: tuple[int, int, int],
+    target: str,
+    buffer_size: int = 1 << 16,
+) -> Iterator[tuple[int, int, int, memoryview]]:
+    """Every item (objectid, type, offset, data) with min_key <= key <= max_key, in key order.
+
+    Keys compare as (objectid, type, offset); TREE_SEARCH_V2 returns as many as fit the buffer, so
+    the search resumes just past the last key returned.
+    """
+    buf = bytearray(SEARCH_ARGS_V2_HEADER + buffer_size)
+    view = memoryview(buf)
+    start = min_key
+    while True:
+        key = SearchKey.from_buffer(buf)
+        key.tree_id = tree_id
+        key.min_objectid, key.min_type, key.min_offset = start
+        key.max_objectid, key.max_type, key.max_offset = max_key
+        key.min_transid, key.max_transid = 0, U64_MAX
+        key.nr_items = 0xFFFFFFFF
+        struct.pack_into("<Q", buf, ctypes.sizeof(SearchKey), buffer_size)
+        del key  # release the buffer export before the ioctl resizes nothing but reads it
+        call(fd, IOC_TREE_SEARCH_V2, buf, "tree search", target)
+        count = SearchKey.from_buffer_copy(buf).nr_items
+        if count == 0:
+            return
+        pos = SEARCH_ARGS_V2_HEADER
+        last = start
+        for _ in range(count):
+            _transid, objectid, offset, item_type, length = SEARCH_HEADER.unpack_from(buf, pos)
+            pos += SEARCH_HEADER.size
+            yield objectid, item_type, offset, view[pos : pos + length]
+            pos += length
+            last = (objectid, item_type, offset)
+        following = _next_key(last)
+        if following is None or following > max_key:
+            return
+        start = following
+
+
+def _next_key(key: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    objectid, item_type, offset = key
+    if offset < U64_MAX:
+        return objectid, item_type, offset + 1
+    if item_type < 255:
+        return objectid, item_type + 1, 0
+    if objectid < U64_MAX:
+        return objectid + 1, 0, 0
+    return None

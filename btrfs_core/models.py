@@ -1,0 +1,83 @@
+"""Plain values the core returns: subvolumes, quotas, usage, volumes and snapshots."""
+
+import enum
+from dataclasses import dataclass, field
+from uuid import UUID
+
+
+class QuotaMode(enum.Enum):
+    OFF = "off"
+    FULL = "full"  # full qgroups: shared and exclusive accounting
+    SIMPLE = "simple"  # squota: extents charged to the subvolume that wrote them
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    mode: QuotaMode
+    inconsistent: bool  # accounting is off; limits are not reliably enforced
+    rescan_running: bool
+
+
+@dataclass(frozen=True)
+class SubvolumeInfo:
+    id: int
+    name: str
+    parent_id: int
+    uuid: UUID
+    parent_uuid: UUID | None  # the source of a snapshot; None for a plain subvolume
+    generation: int
+    otime: float  # creation time, seconds since the epoch
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class QgroupUsage:
+    qgroupid: int  # level 0: the subvolume id
+    referenced: int
+    exclusive: int
+    limit: int | None  # the referenced-bytes limit; None when unlimited
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    size: int
+    used: int
+    free: int  # what a new volume can still get
+
+
+class SourceKind(enum.Enum):
+    SNAPSHOT = "snapshot"
+    VOLUME = "volume"
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: SourceKind
+    id: str
+
+
+@dataclass(frozen=True)
+class Volume:
+    id: str
+    name: str  # the CSI name it was created for
+    capacity: int  # the qgroup limit on referenced bytes
+    source: Source | None
+    subvolume_id: int
+    created: float
+    metadata: dict[str, str] = field(default_factory=dict)  # PVC name/namespace, PV name
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    name: str
+    source_volume_id: str
+    size: int  # the source volume's capacity when taken: the least a restore needs
+    subvolume_id: int
+    created: float
+
+
+@dataclass(frozen=True)
+class VolumeHealth:
+    abnormal: bool
+    message: str

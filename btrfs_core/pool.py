@@ -1,0 +1,522 @@
+"""The pool: volumes and snapshots as subvolumes of one mounted btrfs, the filesystem being the state.
+
+Layout: <root>/volumes/<id>, <root>/snapshots/<id>, <root>/.staging/. Every object is built in
+.staging and renamed into place, so a visible object is always complete; a crash leaves staging
+debris that opening the pool removes. Every mutating call commits the transaction before it returns.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from btrfs_core.backend import Backend, KernelBackend
+from btrfs_core.errors import (
+    AlreadyExists,
+    CapacityOutOfRange,
+    InsufficientCapacity,
+    InvalidArgument,
+    KernelError,
+    NotFound,
+)
+from btrfs_core.models import (
+    FsUsage,
+    QgroupUsage,
+    QuotaMode,
+    QuotaStatus,
+    Snapshot,
+    Source,
+    SourceKind,
+    Volume,
+    VolumeHealth,
+)
+
+MIN_VOLUME_BYTES = 1 << 20
+MAX_VOLUME_BYTES = (1 << 63) - 1
+MAX_NAME_BYTES = 128
+# IDs are directory names: a letter or digit first, so never "." or "..", and no "/" or NUL.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_PLAIN_NAME_CHARS = 100  # longer names are hashed, leaving room for staging suffixes
+# Below this many free bytes under its limit a volume counts as full: writes are about to get EDQUOT.
+FULL_MARGIN_BYTES = 128 << 10
+
+T = TypeVar("T")
+
+
+class _GroupCommit:
+    """Commits on behalf of every caller that changed something before the commit started.
+
+    Concurrent callers share one transaction commit instead of queueing one each.
+    """
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self._sync = sync
+        self._commit_lock = threading.Lock()
+        self._counter_lock = threading.Lock()
+        self._requested = 0
+        self._done = 0
+
+    def commit(self) -> None:
+        with self._counter_lock:
+            self._requested += 1
+            ticket = self._requested
+        with self._commit_lock:
+            if self._done >= ticket:
+                return
+            with self._counter_lock:
+                covered = self._requested
+            self._sync()
+            self._done = covered
+
+
+def _object_id(name: str, kind: str) -> str:
+    if not name:
+        raise InvalidArgument(f"{kind} name is empty")
+    if "\x00" in name:
+        raise InvalidArgument(f"{kind} name contains a NUL character")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidArgument(f"{kind} name is longer than {MAX_NAME_BYTES} bytes")
+    if _ID.fullmatch(name) and len(name) <= _PLAIN_NAME_CHARS:
+        return name
+    return "h-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def check_id(object_id: str, kind: str) -> str:
+    """An ID from a request, refused before it can become a path."""
+    if not _ID.fullmatch(object_id):
+        shown = object_id if len(object_id) <= 64 else object_id[:64] + "..."
+        raise InvalidArgument(f"{kind} id {shown!r} is not a valid id")
+    return object_id
+
+
+class Pool:
+    def __init__(self, root: Path, backend: Backend, overprovision: float = 1.0) -> None:
+        self.root = root
+        self.volumes_dir = root / "volumes"
+        self.snapshots_dir = root / "snapshots"
+        self.staging_dir = root / ".staging"
+        self.overprovision = overprovision
+        self._fs = backend
+        self._lock = threading.Lock()  # guards existence checks, capacity accounting and renames
+        self._commit = _GroupCommit(backend.sync)
+        self._capacities: dict[str, int] = {}
+
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        quota_mode: str = "auto",
+        backend: Backend | None = None,
+        overprovision: float = 1.0,
+    ) -> "Pool":
+        """Checks the filesystem, lays out the pool, turns quotas on and clears staging debris.
+
+        quota_mode: "auto" (simple quotas when the kernel has them, else full qgroups), "simple" or
+        "full". overprovision: how far the sum of volume limits may exceed the pool's size.
+        """
+        path = Path(root)
+        fs = backend or KernelBackend(path)
+        reason = fs.check()
+        if reason:
+            raise InvalidArgument(f"pool {path}: {reason}")
+        if quota_mode not in ("auto", "simple", "full"):
+            raise InvalidArgument(f"quota mode {quota_mode!r} is not one of auto, simple, full")
+        if not overprovision >= 1.0:
+            raise InvalidArgument(f"overprovision ratio {overprovision} is below 1.0")
+        pool = cls(path, fs, overprovision)
+        for directory in (pool.volumes_dir, pool.snapshots_dir, pool.staging_dir):
+            directory.mkdir(mode=0o700, exist_ok=True)
+        pool._ensure_quota(quota_mode)
+        pool.clear_staging()
+        pool._capacities = {volume.id: volume.capacity for volume in pool.list_volumes()}
+        return pool
+
+    def _ensure_quota(self, wanted: str) -> None:
+        mode = self._fs.quota_status().mode
+        if mode is QuotaMode.OFF:
+            if wanted == "auto":
+                try:
+                    self._fs.enable_quota(QuotaMode.SIMPLE)
+                except KernelError as exc:
+                    if exc.errno != errno.EINVAL:  # EINVAL: this kernel has no simple quotas
+                        raise
+                    self._fs.enable_quota(QuotaMode.FULL)
+            else:
+                self._fs.enable_quota(QuotaMode(wanted))
+            self._commit.commit()
+        elif wanted != "auto" and mode is not QuotaMode(wanted):
+            raise InvalidArgument(
+                f"pool {self.root} already uses {mode.value} quotas, not {wanted}; "
+                "switching needs quotas disabled first"
+            )
+
+    # IDs
+
+    @staticmethod
+    def volume_id(name: str) -> str:
+        """The volume ID for a CSI name: the name itself when safe, else a hash of it."""
+        return _object_id(name, "volume")
+
+    @staticmethod
+    def snapshot_id(name: str) -> str:
+        return _object_id(name, "snapshot")
+
+    def volume_path(self, volume_id: str) -> Path:
+        path = self.volumes_dir / check_id(volume_id, "volume")
+        if not self._fs.is_subvolume(path):
+            raise NotFound(f"volume {volume_id} does not exist")
+        return path
+
+    def _snapshot_path(self, snapshot_id: str) -> Path:
+        path = self.snapshots_dir / check_id(snapshot_id, "snapshot")
+        if not self._fs.is_subvolume(path):
+            raise NotFound(f"snapshot {snapshot_id} does not exist")
+        return path
+
+    # metadata
+
+    @property
+    def _snapshot_xattr(self) -> str:
+        return self._fs.metadata_xattr + ".snapshot"
+
+    def _write_metadata(self, path: Path, fields: Mapping[str, Any], xattr: str | None = None) -> None:
+        os.setxattr(path, xattr or self._fs.metadata_xattr, json.dumps(fields, sort_keys=True).encode())
+
+    def _read_metadata(self, path: Path, xattr: str | None = None) -> dict[str, Any]:
+        try:
+            fields: dict[str, Any] = json.loads(os.getxattr(path, xattr or self._fs.metadata_xattr))
+        except (OSError, ValueError) as exc:
+            raise NotFound(f"{path} has no readable metadata: {exc}") from None
+        return fields
+
+    def _volume_at(self, path: Path) -> Volume:
+        meta = self._read_metadata(path)
+        if meta.get("kind") != "volume":
+            raise NotFound(f"volume {path.name} has no volume metadata")
+        info = self._fs.subvolume_info(path)
+        source = meta.get("source")
+        return Volume(
+            id=path.name,
+            name=meta["name"],
+            capacity=meta["capacity"],
+            source=Source(SourceKind(source["kind"]), source["id"]) if source else None,
+            subvolume_id=info.id,
+            created=info.otime,
+            metadata=dict(meta.get("metadata", {})),
+        )
+
+    def _snapshot_at(self, path: Path) -> Snapshot:
+        meta = self._read_metadata(path, self._snapshot_xattr)
+        if meta.get("kind") != "snapshot":
+            raise NotFound(f"snapshot {path.name} has no snapshot metadata")
+        info = self._fs.subvolume_info(path)
+        return Snapshot(
+            id=path.name,
+            name=meta["name"],
+            source_volume_id=meta["source_volume_id"],
+            size=meta["size"],
+            subvolume_id=info.id,
+            created=info.otime,
+        )
+
+    def _list(self, directory: Path, read: Callable[[Path], T]) -> list[T]:
+        found = []
+        for entry in sorted(os.listdir(directory)):
+            try:
+                found.append(read(directory / entry))
+            except NotFound:
+                continue  # vanished meanwhile, or not ours
+        return found
+
+    # volumes
+
+    def get_volume(self, volume_id: str) -> Volume:
+        return self._volume_at(self.volume_path(volume_id))
+
+    def list_volumes(self) -> list[Volume]:
+        return self._list(self.volumes_dir, self._volume_at)
+
+    def create_volume(
+        self,
+        name: str,
+        capacity: int,
+        source: Source | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Volume:
+        """A new volume of `capacity` bytes, empty or an instant writable snapshot of `source`.
+
+        Idempotent: the same request returns the same volume; a different one under the same name
+        raises AlreadyExists.
+        """
+        volume_id = self.volume_id(name)
+        _check_capacity(capacity)
+        with self._lock:
+            existing = self._existing(self.volumes_dir / volume_id, self._volume_at)
+            if existing is not None:
+                _same_volume(existing, name, capacity, source)
+            else:
+                existing = self._build_volume(volume_id, name, capacity, source, dict(metadata or {}))
+        self._commit.commit()
+        return existing
+
+    def _existing(self, path: Path, read: Callable[[Path], T]) -> T | None:
+        if not self._fs.is_subvolume(path):
+            return None
+        return read(path)
+
+    def _build_volume(
+        self, volume_id: str, name: str, capacity: int, source: Source | None, metadata: dict[str, str]
+    ) -> Volume:
+        origin = self._source_path(source, capacity)
+        self._reserve(volume_id, capacity)
+        staged = self._staging_path(volume_id)
+        try:
+            if origin is None:
+                self._fs.create_subvolume(staged)
+            else:
+                self._fs.snapshot(origin, staged, readonly=False)
+            fields = {
+                "kind": "volume",
+                "name": name,
+                "capacity": capacity,
+                "source": {"kind": source.kind.value, "id": source.id} if source else None,
+                "metadata": metadata,
+            }
+            self._write_metadata(staged, fields)
+            _remove_xattr(staged, self._snapshot_xattr)  # copied from a snapshot source
+            # Always the volume's own limit: a clone would otherwise inherit its source's (full
+            # qgroups) or get none (simple quotas).
+            self._fs.set_limit(self._fs.subvolume_info(staged).id, capacity)
+            os.rename(staged, self.volumes_dir / volume_id)
+        except BaseException:
+            self._capacities.pop(volume_id, None)
+            self._discard(staged)
+            raise
+        return self._volume_at(self.volumes_dir / volume_id)
+
+    def _source_path(self, source: Source | None, capacity: int) -> Path | None:
+        if source is None:
+            return None
+        if source.kind is SourceKind.SNAPSHOT:
+            path = self._snapshot_path(source.id)
+            size = self._snapshot_at(path).size
+        else:
+            path = self.volume_path(source.id)
+            size = self._volume_at(path).capacity
+        if capacity < size:
+            raise CapacityOutOfRange(
+                f"capacity {capacity} is smaller than {source.kind.value} {source.id} ({size} bytes)"
+            )
+        return path
+
+    def _staging_path(self, object_id: str) -> Path:
+        return self.staging_dir / f"{object_id}.{secrets.token_hex(4)}"
+
+    def _discard(self, staged: Path) -> None:
+        if self._fs.is_subvolume(staged):
+            self._fs.delete_subvolume(staged)
+
+    def _reserve(self, volume_id: str, capacity: int) -> None:
+        """Accounts capacity for a volume, or refuses when the pool cannot hold it. Needs the lock."""
+        available = self._available(exclude=volume_id)
+        if capacity > available:
+            raise InsufficientCapacity(
+                f"volume {volume_id}: {capacity} bytes requested, the pool has {available} available"
+            )
+        self._capacities[volume_id] = capacity
+
+    def _available(self, exclude: str | None = None) -> int:
+        usage = self._fs.fs_usage()
+        committed = sum(size for volume_id, size in self._capacities.items() if volume_id != exclude)
+        return max(0, min(usage.free, int(usage.size * self.overprovision) - committed))
+
+    def available_capacity(self) -> int:
+        """The largest volume that can be created now (what GetCapacity reports)."""
+        with self._lock:
+            return self._available()
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Deletes a volume and anything nested in it; its snapshots live on. Absent is fine."""
+        path = self.volumes_dir / check_id(volume_id, "volume")
+        with self._lock:
+            trash = None
+            if self._fs.is_subvolume(path):
+                # Out of sight first: a crash mid-delete leaves staging debris, never half a volume.
+                trash = self._staging_path(volume_id)
+                os.rename(path, trash)
+            self._capacities.pop(volume_id, None)
+        if trash is not None:
+            self._fs.delete_subvolume(trash)
+        self._commit.commit()
+
+    def expand_volume(self, volume_id: str, capacity: int) -> Volume:
+        """Raises a volume's limit; asking for less than it has is refused, the same is a no-op."""
+        _check_capacity(capacity)
+        with self._lock:
+            path = self.volume_path(volume_id)
+            volume = self._volume_at(path)
+            if capacity < volume.capacity:
+                raise CapacityOutOfRange(
+                    f"volume {volume_id} has {volume.capacity} bytes: shrinking to {capacity} is refused"
+                )
+            if capacity > volume.capacity:
+                self._reserve(volume_id, capacity)
+                try:
+                    self._fs.set_limit(volume.subvolume_id, capacity)
+                    meta = self._read_metadata(path)
+                    meta["capacity"] = capacity
+                    self._write_metadata(path, meta)
+                except BaseException:
+                    self._capacities[volume_id] = volume.capacity
+                    raise
+                volume = self._volume_at(path)
+        self._commit.commit()
+        return volume
+
+    # snapshots
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        return self._snapshot_at(self._snapshot_path(snapshot_id))
+
+    def list_snapshots(self) -> list[Snapshot]:
+        return self._list(self.snapshots_dir, self._snapshot_at)
+
+    def create_snapshot(self, name: str, source_volume_id: str) -> Snapshot:
+        """A read-only snapshot of a volume. Idempotent by name; another source is AlreadyExists."""
+        snapshot_id = self.snapshot_id(name)
+        check_id(source_volume_id, "volume")
+        with self._lock:
+            existing = self._existing(self.snapshots_dir / snapshot_id, self._snapshot_at)
+            if existing is not None:
+                if existing.name != name or existing.source_volume_id != source_volume_id:
+                    raise AlreadyExists(
+                        f"snapshot {name!r} exists with source volume {existing.source_volume_id}, "
+                        f"not {source_volume_id}"
+                    )
+            else:
+                existing = self._build_snapshot(snapshot_id, name, self.get_volume(source_volume_id))
+        self._commit.commit()
+        return existing
+
+    def _build_snapshot(self, snapshot_id: str, name: str, source: Volume) -> Snapshot:
+        # A read-only subvolume cannot be renamed, so the snapshot is made in place: the kernel makes
+        # it whole in one committed transaction. Its metadata rides in on an xattr of the source's
+        # root, which the snapshot copies.
+        origin = self.volumes_dir / source.id
+        fields = {"kind": "snapshot", "name": name, "source_volume_id": source.id, "size": source.capacity}
+        self._write_metadata(origin, fields, self._snapshot_xattr)
+        try:
+            self._fs.snapshot(origin, self.snapshots_dir / snapshot_id, readonly=True)
+        finally:
+            _remove_xattr(origin, self._snapshot_xattr)
+        return self._snapshot_at(self.snapshots_dir / snapshot_id)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        path = self.snapshots_dir / check_id(snapshot_id, "snapshot")
+        with self._lock:
+            trash = None
+            if self._fs.is_subvolume(path):
+                trash = self._staging_path(snapshot_id)
+                os.rename(path, trash)
+        if trash is not None:
+            self._fs.delete_subvolume(trash)
+        self._commit.commit()
+
+    # usage and health
+
+    def volume_usage(self, volume_id: str) -> QgroupUsage:
+        return self._fs.usage(self._fs.subvolume_info(self.volume_path(volume_id)).id)
+
+    def usage_all(self) -> dict[int, QgroupUsage]:
+        """Every subvolume's usage and limit in one pass, by subvolume id."""
+        return self._fs.usage_all()
+
+    def fs_usage(self) -> FsUsage:
+        return self._fs.fs_usage()
+
+    def quota_status(self) -> QuotaStatus:
+        return self._fs.quota_status()
+
+    def volume_health(self, volume_id: str) -> VolumeHealth:
+        """Abnormal, with the reason, when the volume cannot be trusted to work as promised."""
+        path = self.volumes_dir / check_id(volume_id, "volume")
+        if not self._fs.is_subvolume(path):
+            return VolumeHealth(True, f"subvolume volumes/{volume_id} is missing")
+        if os.statvfs(self.root).f_flag & os.ST_RDONLY:
+            return VolumeHealth(True, f"pool {self.root} is mounted read-only")
+        if self._fs.quota_status().inconsistent:
+            return VolumeHealth(
+                True, "qgroup accounting is inconsistent: limits are not enforced until a rescan ends"
+            )
+        try:
+            usage = self.volume_usage(volume_id)
+        except NotFound:
+            return VolumeHealth(True, f"volume {volume_id} has no qgroup: its capacity is not enforced")
+        if usage.limit is None:
+            return VolumeHealth(True, f"volume {volume_id} has no qgroup limit: its capacity is not enforced")
+        if usage.referenced + FULL_MARGIN_BYTES >= usage.limit:
+            return VolumeHealth(
+                True, f"volume {volume_id} is full: {usage.referenced} of {usage.limit} bytes used"
+            )
+        return VolumeHealth(False, "volume is healthy")
+
+    # housekeeping
+
+    def clear_staging(self) -> int:
+        """Removes whatever a crash left in staging; returns how many entries."""
+        with self._lock:
+            entries = sorted(self.staging_dir.iterdir())
+            for entry in entries:
+                if self._fs.is_subvolume(entry):
+                    self._fs.delete_subvolume(entry)
+                elif entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        if entries:
+            self._commit.commit()
+        return len(entries)
+
+    def remove_stale_qgroups(self) -> list[int]:
+        removed = self._fs.remove_stale_qgroups()
+        if removed:
+            self._commit.commit()
+        return removed
+
+    def rescan_quota(self) -> None:
+        self._fs.rescan_quota()
+
+    def sync(self) -> None:
+        self._commit.commit()
+
+
+def _check_capacity(capacity: int) -> None:
+    if not MIN_VOLUME_BYTES <= capacity <= MAX_VOLUME_BYTES:
+        raise CapacityOutOfRange(
+            f"capacity {capacity} is outside {MIN_VOLUME_BYTES}..{MAX_VOLUME_BYTES} bytes"
+        )
+
+
+def _same_volume(existing: Volume, name: str, capacity: int, source: Source | None) -> None:
+    if existing.name != name:
+        raise AlreadyExists(f"volume id {existing.id} belongs to another name, {existing.name!r}")
+    if existing.capacity != capacity or existing.source != source:
+        raise AlreadyExists(
+            f"volume {name!r} exists with capacity {existing.capacity} and source {existing.source}, "
+            f"not {capacity} and {source}"
+        )
+
+
+def _remove_xattr(path: Path, xattr: str) -> None:
+    try:
+        os.removexattr(path, xattr)
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise

@@ -1,0 +1,1 @@
+"""The `make demo` walk-through and the loop-device pools it, the tests and the benchmarks stand on."""
