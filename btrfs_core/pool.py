@@ -294,7 +294,7 @@ class Pool:
             # Always the volume's own limit: a clone would otherwise inherit its source's (full
             # qgroups) or get none (simple quotas).
             self._fs.set_limit(self._fs.subvolume_info(staged).id, capacity)
-            os.rename(staged, self.volumes_dir / volume_id)
+            self._fs.rename(staged, self.volumes_dir / volume_id)
         except BaseException:
             self._capacities.pop(volume_id, None)
             self._discard(staged)
@@ -350,7 +350,7 @@ class Pool:
             if self._fs.is_subvolume(path):
                 # Out of sight first: a crash mid-delete leaves staging debris, never half a volume.
                 trash = self._staging_path(volume_id)
-                os.rename(path, trash)
+                self._fs.rename(path, trash)
             self._capacities.pop(volume_id, None)
         if trash is not None:
             self._fs.delete_subvolume(trash)
@@ -421,12 +421,10 @@ class Pool:
     def delete_snapshot(self, snapshot_id: str) -> None:
         path = self.snapshots_dir / check_id(snapshot_id, "snapshot")
         with self._lock:
-            trash = None
+            # One ioctl unlinks it atomically (a snapshot holds no nested subvolumes), and a
+            # read-only subvolume could not be renamed out of sight anyway.
             if self._fs.is_subvolume(path):
-                trash = self._staging_path(snapshot_id)
-                os.rename(path, trash)
-        if trash is not None:
-            self._fs.delete_subvolume(trash)
+                self._fs.delete_subvolume(path)
         self._commit.commit()
 
     # usage and health

@@ -1,0 +1,210 @@
+"""One behaviour suite for the pool, run on the in-memory fake and on the real kernel, so the fake
+cannot drift from btrfs."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from btrfs_core.backend import KernelBackend
+from btrfs_core.errors import (
+    AlreadyExists,
+    CapacityOutOfRange,
+    InsufficientCapacity,
+    InvalidArgument,
+    NotFound,
+)
+from btrfs_core.fake import FakeBackend
+from btrfs_core.models import QuotaMode, Source, SourceKind
+from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
+from demo.loop_pool import loop_pool
+from tests.conftest import kernel_skip_reason
+
+MiB = 1 << 20
+
+
+class CountingKernel(KernelBackend):
+    """The kernel backend, counting transaction commits as the fake does."""
+
+    syncs = 0
+
+    def sync(self) -> None:
+        self.syncs += 1
+        super().sync()
+
+
+Backends = FakeBackend | CountingKernel
+
+
+@pytest.fixture(params=["fake", pytest.param("kernel", marks=pytest.mark.kernel)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backends]:
+    if request.param == "fake":
+        yield FakeBackend(tmp_path)
+        return
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with loop_pool() as mountpoint:
+        yield CountingKernel(mountpoint)
+
+
+@pytest.fixture
+def pool(backend: Backends) -> Pool:
+    return Pool.open(backend.root, backend=backend)
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_open_lays_out_the_pool_and_turns_quotas_on(pool: Pool) -> None:
+    assert {p.name for p in pool.root.iterdir()} >= {"volumes", "snapshots", ".staging"}
+    assert pool.quota_status().mode in (QuotaMode.SIMPLE, QuotaMode.FULL)
+
+
+def test_create_is_idempotent_and_refuses_a_different_request(pool: Pool) -> None:
+    volume = pool.create_volume("pvc-1", 8 * MiB, metadata={"csi.storage.k8s.io/pvc/name": "data"})
+    assert volume.id == "pvc-1" and volume.capacity == 8 * MiB
+    assert pool.create_volume("pvc-1", 8 * MiB, metadata={"csi.storage.k8s.io/pvc/name": "data"}) == volume
+    with pytest.raises(AlreadyExists, match="pvc-1"):
+        pool.create_volume("pvc-1", 16 * MiB)
+    pool.create_snapshot("snap", "pvc-1")
+    with pytest.raises(AlreadyExists):
+        pool.create_volume("pvc-1", 8 * MiB, Source(SourceKind.SNAPSHOT, "snap"))
+    assert [v.id for v in pool.list_volumes()] == ["pvc-1"]
+
+
+def test_every_mutation_commits_before_returning(pool: Pool, backend: Backends) -> None:
+    for action in (
+        lambda: pool.create_volume("v", 4 * MiB),
+        lambda: pool.create_volume("v", 4 * MiB),  # the retry commits too: its first try may not have
+        lambda: pool.expand_volume("v", 8 * MiB),
+        lambda: pool.create_snapshot("s", "v"),
+        lambda: pool.delete_snapshot("s"),
+        lambda: pool.delete_volume("v"),
+        lambda: pool.delete_volume("v"),
+    ):
+        before = backend.syncs
+        action()
+        assert backend.syncs == before + 1
+
+
+def test_ids_are_deterministic_and_hostile_ones_never_become_paths(pool: Pool) -> None:
+    assert Pool.volume_id("pvc-0a1b") == "pvc-0a1b"
+    hashed = Pool.volume_id("a/../b")
+    assert hashed == Pool.volume_id("a/../b") and hashed.startswith("h-") and "/" not in hashed
+    before = tree(pool.root)
+    for bad in ("..", "../x", "a/b", "x\x00y", "", "v" * 10240, ".hidden"):
+        for call in (
+            pool.get_volume,
+            pool.delete_volume,
+            pool.volume_path,
+            pool.get_snapshot,
+            pool.delete_snapshot,
+        ):
+            with pytest.raises(InvalidArgument):
+                call(bad)
+        with pytest.raises(InvalidArgument):
+            pool.create_snapshot("s", bad)
+    for bad_name in ("", "x\x00y", "n" * 10240):
+        with pytest.raises(InvalidArgument):
+            pool.create_volume(bad_name, 4 * MiB)
+    assert tree(pool.root) == before
+
+
+def test_get_list_delete(pool: Pool) -> None:
+    pool.create_volume("b", 4 * MiB)
+    pool.create_volume("a", 4 * MiB)
+    assert [v.id for v in pool.list_volumes()] == ["a", "b"]
+    pool.delete_volume("a")
+    pool.delete_volume("a")
+    pool.delete_volume("never-was")
+    with pytest.raises(NotFound):
+        pool.get_volume("a")
+    assert [v.id for v in pool.list_volumes()] == ["b"]
+    assert os.listdir(pool.staging_dir) == []
+
+
+def test_snapshot_restore_and_clone(pool: Pool) -> None:
+    pool.create_volume("src", 8 * MiB)
+    (pool.volume_path("src") / "data").write_bytes(b"payload" * 1000)
+    snap = pool.create_snapshot("snap", "src")
+    assert snap.source_volume_id == "src" and snap.size == 8 * MiB
+    assert pool.create_snapshot("snap", "src") == snap
+    pool.create_volume("other", 4 * MiB)
+    with pytest.raises(AlreadyExists):
+        pool.create_snapshot("snap", "other")
+    with pytest.raises(NotFound):
+        pool.create_snapshot("snap2", "missing")
+    with pytest.raises(CapacityOutOfRange):
+        pool.create_volume("small", 4 * MiB, Source(SourceKind.SNAPSHOT, "snap"))
+    with pytest.raises(NotFound):
+        pool.create_volume("ghost", 8 * MiB, Source(SourceKind.SNAPSHOT, "nope"))
+    (pool.volume_path("src") / "data").write_bytes(b"changed")
+    restored = pool.create_volume("restored", 12 * MiB, Source(SourceKind.SNAPSHOT, "snap"))
+    clone = pool.create_volume("clone", 10 * MiB, Source(SourceKind.VOLUME, "src"))
+    assert (pool.volume_path("restored") / "data").read_bytes() == b"payload" * 1000
+    assert (pool.volume_path("clone") / "data").read_bytes() == b"changed"
+    # Each clone and restore has its own limit, not its source's.
+    assert pool.volume_usage("restored").limit == restored.capacity == 12 * MiB
+    assert pool.volume_usage("clone").limit == clone.capacity == 10 * MiB
+    pool.delete_volume("src")
+    assert pool.get_snapshot("snap").source_volume_id == "src"
+    again = pool.create_volume("again", 8 * MiB, Source(SourceKind.SNAPSHOT, "snap"))
+    assert (pool.volume_path(again.id) / "data").read_bytes() == b"payload" * 1000
+
+
+def test_expand_raises_only(pool: Pool) -> None:
+    pool.create_volume("v", 4 * MiB)
+    assert pool.expand_volume("v", 4 * MiB).capacity == 4 * MiB
+    assert pool.expand_volume("v", 6 * MiB).capacity == 6 * MiB
+    assert pool.volume_usage("v").limit == 6 * MiB
+    with pytest.raises(CapacityOutOfRange):
+        pool.expand_volume("v", 5 * MiB)
+    with pytest.raises(NotFound):
+        pool.expand_volume("gone", 8 * MiB)
+
+
+def test_capacity_is_accounted(pool: Pool) -> None:
+    with pytest.raises(CapacityOutOfRange):
+        pool.create_volume("tiny", MIN_VOLUME_BYTES - 1)
+    available = pool.available_capacity()
+    with pytest.raises(InsufficientCapacity):
+        pool.create_volume("huge", available + 1)
+    # The sum of limits stays within the pool's size (overprovision ratio 1.0).
+    size = pool.fs_usage().size
+    pool.create_volume("most", size - 64 * MiB if size - 64 * MiB <= available else available)
+    promised = pool.get_volume("most").capacity
+    assert pool.available_capacity() <= size - promised
+    with pytest.raises(InsufficientCapacity):
+        pool.create_volume("rest", size - promised + MiB)
+
+
+def test_state_survives_reopening(pool: Pool, backend: Backends) -> None:
+    promised = pool.available_capacity() // 2
+    pool.create_volume("v", promised, metadata={"csi.storage.k8s.io/pvc/namespace": "ns"})
+    pool.create_snapshot("s", "v")
+    reopened = Pool.open(pool.root, backend=backend)
+    assert reopened.get_volume("v").metadata == {"csi.storage.k8s.io/pvc/namespace": "ns"}
+    assert reopened.get_snapshot("s").source_volume_id == "v"
+    # The reopened pool knows what is already promised.
+    assert reopened.available_capacity() <= reopened.fs_usage().size - promised
+
+
+def test_open_clears_staging_debris(pool: Pool, backend: Backends) -> None:
+    backend.create_subvolume(pool.staging_dir / "half-made.1234")
+    (pool.staging_dir / "stray-file").write_text("x")
+    reopened = Pool.open(pool.root, backend=backend)
+    assert os.listdir(reopened.staging_dir) == []
+    assert reopened.list_volumes() == []
+
+
+def test_health(pool: Pool, backend: Backends) -> None:
+    pool.create_volume("v", 4 * MiB)
+    assert not pool.volume_health("v").abnormal
+    backend.set_limit(pool.get_volume("v").subvolume_id, None)
+    assert "no qgroup limit" in pool.volume_health("v").message
+    backend.delete_subvolume(pool.volume_path("v"))
+    health = pool.volume_health("v")
+    assert health.abnormal and "missing" in health.message
