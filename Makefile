@@ -2,7 +2,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint system-deps clean
+.PHONY: test demo lint system-deps manifests image e2e clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,15 @@ test: $(STAMP) system-deps lint
 
 demo: $(STAMP) system-deps
 	$(PY) -m demo
+
+manifests: $(STAMP)
+	tools/render-manifests
+
+image:
+	docker build -t btrfs-csi:dev .
+
+e2e: $(STAMP) system-deps
+	tests/e2e/run.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+#
+# btrfs-csi driver image: the Python package and what it needs at run time, nothing else.
+#   docker build -t btrfs-csi:dev .
+#
+# Runtime needs:
+#   - mount/umount/losetup and findmnt/blkid: the `mount` and `util-linux` packages, both part of
+#     every Debian base (required/essential), so nothing to install.
+#   - mkfs.btrfs (btrfs-progs): only for the chart's pool.mode=loopfile init container, which
+#     formats a fresh test pool with this same image. The driver itself talks to the kernel through
+#     ioctls and never runs the btrfs CLI.
+#
+# Pin the base by digest for reproducible builds, e.g.
+#   --build-arg PYTHON_IMAGE=python:3.11-slim-trixie@sha256:<digest>
+ARG PYTHON_IMAGE=python:3.11-slim-trixie
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/btrfs-csi
+WORKDIR /src
+# The whole build context (.dockerignore keeps tests, charts, caches and the venv out); the
+# generated gRPC stubs are committed under csi/pb, so no protoc step is needed.
+COPY . .
+RUN /opt/btrfs-csi/bin/pip install . \
+ && /opt/btrfs-csi/bin/btrfs-csi --help >/dev/null
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="btrfs-csi" \
+      org.opencontainers.image.description="Kubernetes CSI driver for node-local volumes on btrfs subvolumes, snapshots and qgroups" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends btrfs-progs \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY --from=build /opt/btrfs-csi /opt/btrfs-csi
+ENV PATH=/opt/btrfs-csi/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+# Runs as root, on purpose. A CSI node plugin mounts: NodePublishVolume bind-mounts subvolumes
+# into the kubelet's pod directories, which needs CAP_SYS_ADMIN in the host's mount namespace
+# (via Bidirectional propagation, which Kubernetes only grants privileged containers), and it
+# creates, snapshots and limits subvolumes with btrfs ioctls (subvolume delete and qgroup control
+# also need CAP_SYS_ADMIN). A non-root user would need those capabilities back anyway, and the
+# pool and kubelet directories are root-owned. The chart keeps the privilege in this one
+# container: the sidecars run unprivileged with all capabilities dropped.
+USER 0:0
+ENTRYPOINT ["btrfs-csi"]
+CMD ["--help"]

@@ -1,0 +1,218 @@
+"""Small helpers over the `kubernetes` client for the e2e scenarios: claims, pods, snapshots,
+exec, and Prometheus metrics read through the API server (kubelet via the node proxy, the
+driver's exporter via the pod proxy)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.cluster import DRIVER_IMAGE, NAMESPACE, wait_for
+
+MiB = 1 << 20
+SNAPSHOT_GROUP, SNAPSHOT_VERSION = "snapshot.storage.k8s.io", "v1"
+
+
+@dataclass
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def parse_metrics(text: str) -> list[Sample]:
+    return [
+        Sample(s.name, dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9}
+    match = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity)
+    assert match, quantity
+    return int(match.group(1)) * units.get(match.group(2), 1)
+
+
+class Kube:
+    """One test's view of the cluster: its own namespace, cleaned up afterwards."""
+
+    def __init__(self, api: Any, namespace: str) -> None:
+        from kubernetes import client
+
+        self.api = api
+        self.namespace = namespace
+        # Typed as Any: the generated models make every field Optional, which says nothing
+        # useful about a live object the test just waited for.
+        self.core: Any = client.CoreV1Api(api)
+        self.storage: Any = client.StorageV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+
+    # --- objects ------------------------------------------------------------------------------
+
+    def create_namespace(self) -> None:
+        self.core.create_namespace({"metadata": {"name": self.namespace}})
+
+    def delete_namespace(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.delete_namespace(self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def pvc(self, name: str, size: str, data_source: dict[str, str] | None = None) -> None:
+        spec: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "btrfs",
+            "resources": {"requests": {"storage": size}},
+        }
+        if data_source:
+            spec["dataSource"] = data_source
+        self.core.create_namespaced_persistent_volume_claim(
+            self.namespace, {"metadata": {"name": name}, "spec": spec}
+        )
+
+    def pod(self, name: str, claim: str, script: str = "sleep 3600", node: str | None = None) -> None:
+        """A pod mounting `claim` at /data, running `script` in the driver image (already loaded on
+        every node, so the test needs no registry)."""
+        spec: dict[str, Any] = {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": DRIVER_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", script],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        }
+        if node:
+            spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+        self.core.create_namespaced_pod(self.namespace, {"metadata": {"name": name}, "spec": spec})
+
+    def delete_pod(self, name: str) -> None:
+        self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+        wait_for(f"pod {name} gone", lambda: not self._exists(self.core.read_namespaced_pod, name), 120)
+
+    def delete_pvc(self, name: str) -> None:
+        self.core.delete_namespaced_persistent_volume_claim(name, self.namespace)
+
+    def _exists(self, reader: Any, name: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            reader(name, self.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def wait_running(self, name: str, timeout: float = 300) -> Any:
+        def running() -> Any:
+            pod = self.core.read_namespaced_pod(name, self.namespace)
+            if pod.status.phase == "Failed":
+                raise AssertionError(f"pod {name} failed: {self.logs(name)}")
+            return pod if pod.status.phase == "Running" else None
+
+        return wait_for(f"pod {name} running", running, timeout)
+
+    def wait_finished(self, name: str, timeout: float = 300) -> str:
+        def finished() -> str | None:
+            phase = self.core.read_namespaced_pod(name, self.namespace).status.phase
+            return phase if phase in ("Succeeded", "Failed") else None
+
+        phase: str = wait_for(f"pod {name} finished", finished, timeout)
+        return phase
+
+    def logs(self, name: str) -> str:
+        text: str = self.core.read_namespaced_pod_log(name, self.namespace)
+        return text
+
+    def exec(self, pod: str, script: str) -> tuple[int, str]:
+        """Run `script` in the pod; returns (exit code, combined output)."""
+        from kubernetes.stream import stream
+
+        marker = f"__rc_{uuid.uuid4().hex}="
+        output: str = stream(
+            self.core.connect_get_namespaced_pod_exec,
+            pod,
+            self.namespace,
+            command=["/bin/sh", "-c", f"{script}; echo {marker}$?"],
+            stderr=True,
+            stdout=True,
+            stdin=False,
+            tty=False,
+            _preload_content=True,
+        )
+        head, _, rc = output.rpartition(marker)
+        return int(rc.strip() or "255"), head
+
+    def wait_bound(self, claim: str, timeout: float = 300) -> Any:
+        def bound() -> Any:
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, self.namespace)
+            return pvc if pvc.status.phase == "Bound" else None
+
+        return wait_for(f"claim {claim} bound", bound, timeout)
+
+    def pv_of(self, claim: str) -> Any:
+        pvc = self.wait_bound(claim)
+        return self.core.read_persistent_volume(pvc.spec.volume_name)
+
+    def snapshot(self, name: str, claim: str) -> None:
+        body = {
+            "apiVersion": f"{SNAPSHOT_GROUP}/{SNAPSHOT_VERSION}",
+            "kind": "VolumeSnapshot",
+            "metadata": {"name": name},
+            "spec": {"volumeSnapshotClassName": "btrfs", "source": {"persistentVolumeClaimName": claim}},
+        }
+        self.custom.create_namespaced_custom_object(
+            SNAPSHOT_GROUP, SNAPSHOT_VERSION, self.namespace, "volumesnapshots", body
+        )
+
+    def wait_snapshot_ready(self, name: str, timeout: float = 300) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            snap: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                SNAPSHOT_GROUP, SNAPSHOT_VERSION, self.namespace, "volumesnapshots", name
+            )
+            status = snap.get("status") or {}
+            if status.get("error"):
+                raise AssertionError(f"snapshot {name}: {status['error']}")
+            return snap if status.get("readyToUse") else None
+
+        return wait_for(f"snapshot {name} ready", ready, timeout)
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def kubelet_metrics(self, node: str) -> list[Sample]:
+        text = self.core.connect_get_node_proxy_with_path(node, "metrics")
+        return parse_metrics(str(text))
+
+    def driver_metrics(self, node: str) -> list[Sample]:
+        pods = self.core.list_namespaced_pod(
+            NAMESPACE,
+            label_selector="app.kubernetes.io/component=node",
+            field_selector=f"spec.nodeName={node}",
+        ).items
+        assert len(pods) == 1, f"expected one node plugin pod on {node}, found {len(pods)}"
+        text = self.core.connect_get_namespaced_pod_proxy_with_path(
+            f"{pods[0].metadata.name}:9842", NAMESPACE, "metrics"
+        )
+        return parse_metrics(str(text))
+
+
+def find_sample(samples: list[Sample], name: str, **labels: str) -> Sample | None:
+    for sample in samples:
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+            return sample
+    return None
