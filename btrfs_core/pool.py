@@ -5,6 +5,7 @@ Layout: <root>/volumes/<id>, <root>/snapshots/<id>, <root>/.staging/. Every obje
 debris that opening the pool removes. Every mutating call commits the transaction before it returns.
 """
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -20,12 +21,14 @@ from typing import Any, TypeVar
 from btrfs_core.backend import Backend, KernelBackend
 from btrfs_core.errors import (
     AlreadyExists,
+    BtrfsCoreError,
     CapacityOutOfRange,
     InsufficientCapacity,
     InvalidArgument,
     KernelError,
     NotFound,
 )
+from btrfs_core.ioctl import error_from_os
 from btrfs_core.models import (
     FsUsage,
     QgroupUsage,
@@ -187,7 +190,10 @@ class Pool:
         return self._fs.metadata_xattr + ".snapshot"
 
     def _write_metadata(self, path: Path, fields: Mapping[str, Any], xattr: str | None = None) -> None:
-        os.setxattr(path, xattr or self._fs.metadata_xattr, json.dumps(fields, sort_keys=True).encode())
+        try:
+            os.setxattr(path, xattr or self._fs.metadata_xattr, json.dumps(fields, sort_keys=True).encode())
+        except OSError as exc:
+            raise error_from_os("write metadata", str(path), exc) from None
 
     def _read_metadata(self, path: Path, xattr: str | None = None) -> dict[str, Any]:
         try:
@@ -323,19 +329,22 @@ class Pool:
         if self._fs.is_subvolume(staged):
             self._fs.delete_subvolume(staged)
 
-    def _reserve(self, volume_id: str, capacity: int) -> None:
-        """Accounts capacity for a volume, or refuses when the pool cannot hold it. Needs the lock."""
-        available = self._available(exclude=volume_id)
+    def _reserve(self, volume_id: str, capacity: int, in_use: int = 0) -> None:
+        """Accounts capacity for a volume, or refuses when the pool cannot hold it. Needs the lock.
+
+        in_use: bytes the volume already holds; only the rest of its capacity needs free space.
+        """
+        available = self._available(exclude=volume_id, in_use=in_use)
         if capacity > available:
             raise InsufficientCapacity(
                 f"volume {volume_id}: {capacity} bytes requested, the pool has {available} available"
             )
         self._capacities[volume_id] = capacity
 
-    def _available(self, exclude: str | None = None) -> int:
+    def _available(self, exclude: str | None = None, in_use: int = 0) -> int:
         usage = self._fs.fs_usage()
         committed = sum(size for volume_id, size in self._capacities.items() if volume_id != exclude)
-        return max(0, min(usage.free, int(usage.size * self.overprovision) - committed))
+        return max(0, min(usage.free + in_use, int(usage.size * self.overprovision) - committed))
 
     def available_capacity(self) -> int:
         """The largest volume that can be created now (what GetCapacity reports)."""
@@ -348,6 +357,9 @@ class Pool:
         with self._lock:
             trash = None
             if self._fs.is_subvolume(path):
+                if self._fs.subvolume_info(path).readonly:
+                    # Made read-only from inside (its owner may): it could not leave volumes/ (EROFS).
+                    self._fs.set_readonly(path, False)
                 # Out of sight first: a crash mid-delete leaves staging debris, never half a volume.
                 trash = self._staging_path(volume_id)
                 self._fs.rename(path, trash)
@@ -367,7 +379,11 @@ class Pool:
                     f"volume {volume_id} has {volume.capacity} bytes: shrinking to {capacity} is refused"
                 )
             if capacity > volume.capacity:
-                self._reserve(volume_id, capacity)
+                try:
+                    in_use = self._fs.usage(volume.subvolume_id).referenced
+                except NotFound:
+                    in_use = 0
+                self._reserve(volume_id, capacity, in_use)
                 try:
                     self._fs.set_limit(volume.subvolume_id, capacity)
                     meta = self._read_metadata(path)
@@ -375,6 +391,8 @@ class Pool:
                     self._write_metadata(path, meta)
                 except BaseException:
                     self._capacities[volume_id] = volume.capacity
+                    with contextlib.suppress(BtrfsCoreError):  # back to the limit it has promised
+                        self._fs.set_limit(volume.subvolume_id, volume.capacity)
                     raise
                 volume = self._volume_at(path)
         self._commit.commit()
@@ -489,7 +507,9 @@ class Pool:
         return removed
 
     def rescan_quota(self) -> None:
-        self._fs.rescan_quota()
+        """Rescans full qgroup accounting; simple quotas have no rescan (the kernel says EINVAL)."""
+        if self._fs.quota_status().mode is QuotaMode.FULL:
+            self._fs.rescan_quota()
 
     def sync(self) -> None:
         self._commit.commit()

@@ -79,26 +79,21 @@ def set_limit(path: Path, subvolume_id: int, limit: int | None) -> None:
 
 
 def _collect(path: Path, first: int, last: int) -> dict[int, QgroupUsage]:
-    """Usage and limit of level-0 qgroups first..last, from one search of the quota tree."""
+    """Usage and limit of level-0 qgroups first..last: one search of the info items, one of the limits."""
     info: dict[int, tuple[int, int]] = {}
     limits: dict[int, int | None] = {}
     with opened(path) as fd:
-        items = ioctl.tree_search(
-            fd,
-            ioctl.QUOTA_TREE,
-            (0, ioctl.QGROUP_INFO_KEY, first),
-            (0, ioctl.QGROUP_LIMIT_KEY, last),
-            str(path),
-        )
-        for _objectid, item_type, qgroupid, data in items:
-            if not first <= qgroupid <= last:
-                continue
-            if item_type == ioctl.QGROUP_INFO_KEY:
-                _gen, rfer, _rfer_cmpr, excl, _excl_cmpr = _INFO.unpack_from(data)
-                info[qgroupid] = (rfer, excl)
-            elif item_type == ioctl.QGROUP_LIMIT_KEY:
-                flags, max_rfer, *_ = _LIMIT.unpack_from(data)
-                limits[qgroupid] = max_rfer if flags & ioctl.QGROUP_LIMIT_MAX_RFER else None
+        for item_type in (ioctl.QGROUP_INFO_KEY, ioctl.QGROUP_LIMIT_KEY):
+            items = ioctl.tree_search(
+                fd, ioctl.QUOTA_TREE, (0, item_type, first), (0, item_type, last), str(path)
+            )
+            for _objectid, _type, qgroupid, data in items:
+                if item_type == ioctl.QGROUP_INFO_KEY:
+                    _gen, rfer, _rfer_cmpr, excl, _excl_cmpr = _INFO.unpack_from(data)
+                    info[qgroupid] = (rfer, excl)
+                else:
+                    flags, max_rfer, *_ = _LIMIT.unpack_from(data)
+                    limits[qgroupid] = max_rfer if flags & ioctl.QGROUP_LIMIT_MAX_RFER else None
     return {
         qgroupid: QgroupUsage(qgroupid, rfer, excl, limits.get(qgroupid))
         for qgroupid, (rfer, excl) in info.items()

@@ -118,7 +118,10 @@ def delete(path: Path) -> None:
     """Deletes the subvolume at path and every subvolume nested in it, deepest first."""
     if not is_subvolume(path):
         raise NotFound(f"subvolume delete: {path} is not a subvolume")
-    for child in children(path):
+    nested = children(path)
+    if nested and info(path).readonly:
+        set_readonly(path, False)  # nothing can be unlinked from a read-only subvolume (EROFS)
+    for child in nested:
         delete(child)
     args = ioctl.VolArgs(name=_leaf_name(path))
     with opened(path.parent) as parent:

@@ -1,0 +1,324 @@
+"""Bind mounts of volumes onto target paths, and what /proc/self/mountinfo says is mounted where.
+
+The mount table is the node's state: publishing is idempotent because it first reads mountinfo to see
+what, if anything, is already mounted at the target. A mount is identified by (device, root): the
+filesystem's major:minor and the path inside that filesystem that the mount shows, which for a bind
+mount of a volume is the volume's subvolume path (e.g. /volumes/pvc-1).
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from btrfs_core.errors import AlreadyExists, InUse, InvalidArgument, NotFound
+from btrfs_core.ioctl import error_from_os
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+# mount(2) flags, from linux/mount.h.
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+UMOUNT_NOFOLLOW = 8  # never follow a symlink planted at the target
+
+# Mount options a publish may ask for (VolumeCapability.MountVolume.mount_flags), as mount(2) flags.
+# They are per-mount flags a bind mount can carry; filesystem options (compress=...) are the pool's.
+MOUNT_OPTIONS: Mapping[str, int] = MappingProxyType(
+    {
+        "nosuid": MS_NOSUID,
+        "nodev": MS_NODEV,
+        "noexec": MS_NOEXEC,
+        "noatime": MS_NOATIME,
+        "nodiratime": MS_NODIRATIME,
+    }
+)
+
+StrPath = str | os.PathLike[str]
+
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo (see proc(5))."""
+
+    mount_id: int
+    parent_id: int
+    device: str  # major:minor of the filesystem
+    root: str  # the path inside the filesystem this mount shows
+    mount_point: str
+    options: frozenset[str]  # per-mount options: ro/rw, nosuid, ...
+    fstype: str
+    source: str
+    super_options: frozenset[str]
+
+    @property
+    def readonly(self) -> bool:
+        return "ro" in self.options
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return self.device, self.root
+
+
+def _unescape(field: bytes) -> str:
+    # The kernel writes space, tab, newline and backslash in paths as three-digit octal escapes.
+    if b"\\" not in field:
+        return os.fsdecode(field)
+    return os.fsdecode(_OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def parse_mountinfo(text: bytes) -> list[MountEntry]:
+    entries = []
+    for line in text.splitlines():
+        fields = line.split(b" ")
+        try:
+            sep = fields.index(b"-", 6)  # optional fields (shared:N, master:N) end at "-"
+            entries.append(
+                MountEntry(
+                    mount_id=int(fields[0]),
+                    parent_id=int(fields[1]),
+                    device=fields[2].decode(),
+                    root=_unescape(fields[3]),
+                    mount_point=_unescape(fields[4]),
+                    options=frozenset(fields[5].decode().split(",")),
+                    fstype=_unescape(fields[sep + 1]),
+                    source=_unescape(fields[sep + 2]),
+                    super_options=frozenset(fields[sep + 3].decode(errors="replace").split(",")),
+                )
+            )
+        except (ValueError, IndexError):
+            continue  # a line this parser does not understand describes no mount we made
+    return entries
+
+
+def mountinfo() -> list[MountEntry]:
+    return parse_mountinfo(MOUNTINFO.read_bytes())
+
+
+def _topmost(candidates: Sequence[MountEntry]) -> MountEntry | None:
+    # Mounts stacked on one mount point: the visible one is the mount no other candidate sits on.
+    parents = {entry.parent_id for entry in candidates}
+    on_top = [entry for entry in candidates if entry.mount_id not in parents]
+    return on_top[-1] if on_top else (candidates[-1] if candidates else None)
+
+
+def mount_at(target: StrPath, entries: Sequence[MountEntry] | None = None) -> MountEntry | None:
+    """The mount whose mount point is exactly target (symlinks resolved), or None."""
+    resolved = os.path.realpath(target)
+    entries = mountinfo() if entries is None else entries
+    return _topmost([entry for entry in entries if entry.mount_point == resolved])
+
+
+def location(path: StrPath, entries: Sequence[MountEntry] | None = None) -> tuple[str, str]:
+    """(device, path inside the filesystem) of a path: what a bind mount of it shows as its identity."""
+    resolved = os.path.realpath(path)
+    entries = mountinfo() if entries is None else entries
+    best: list[MountEntry] = []
+    for entry in entries:
+        point = entry.mount_point
+        if resolved == point or resolved.startswith(point.rstrip("/") + "/"):
+            if best and len(point) < len(best[0].mount_point):
+                continue
+            if best and len(point) > len(best[0].mount_point):
+                best = []
+            best.append(entry)
+    mount = _topmost(best)
+    if mount is None:
+        raise NotFound(f"{path} is on no mounted filesystem")
+    inside = os.path.relpath(resolved, mount.mount_point)
+    root = mount.root if inside == "." else os.path.join(mount.root, inside)
+    return mount.device, root
+
+
+def mounted_source(target: StrPath) -> tuple[str, str] | None:
+    """(device, subvolume path) of what is mounted at target, or None when nothing is."""
+    mount = mount_at(target)
+    return mount.identity if mount else None
+
+
+# mount(2) and umount2(2) through libc: Python has no binding, and the mount(8) CLI would be a
+# subprocess per publish.
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_libc.mount.restype = ctypes.c_int
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.umount2.restype = ctypes.c_int
+
+
+def _mount(source: str | None, target: str, flags: int, operation: str) -> None:
+    src = os.fsencode(source) if source is not None else None
+    if _libc.mount(src, os.fsencode(target), None, flags, None) != 0:
+        code = ctypes.get_errno()
+        raise error_from_os(operation, target, OSError(code, os.strerror(code)))
+
+
+def mount_flags(options: Iterable[str]) -> int:
+    flags = 0
+    for option in options:
+        if option not in MOUNT_OPTIONS:
+            raise InvalidArgument(f"mount option {option!r} is not one of {', '.join(sorted(MOUNT_OPTIONS))}")
+        flags |= MOUNT_OPTIONS[option]
+    return flags
+
+
+def bind_mount(source: StrPath, target: StrPath, readonly: bool, options: Iterable[str] = ()) -> None:
+    """Bind-mounts source onto target, read-only when asked, with the given per-mount options.
+
+    A bind mount ignores flags on its first mount(2); read-only and the options take a second,
+    remounting call. Should that fail, the writable mount is taken down again rather than left behind.
+    """
+    src, tgt = os.fspath(source), os.fspath(target)
+    extra = mount_flags(options) | (MS_RDONLY if readonly else 0)
+    _mount(src, tgt, MS_BIND, "bind mount")
+    if extra:
+        try:
+            _mount(None, tgt, MS_REMOUNT | MS_BIND | extra, "remount bind mount")
+        except BaseException:
+            unmount(tgt)
+            raise
+
+
+def unmount(target: StrPath) -> None:
+    """Unmounts the topmost mount at target; a target with nothing mounted is refused (EINVAL)."""
+    tgt = os.fspath(target)
+    if _libc.umount2(os.fsencode(tgt), UMOUNT_NOFOLLOW) != 0:
+        code = ctypes.get_errno()
+        raise error_from_os("unmount", tgt, OSError(code, os.strerror(code)))
+
+
+def _is_within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def check_target(target: StrPath, pool_root: StrPath) -> str:
+    """The resolved target path, refused when it lies inside the pool or would cover it."""
+    raw = os.fspath(target)
+    if not os.path.isabs(raw):
+        raise InvalidArgument(f"target path {raw!r} is not absolute")
+    resolved = os.path.realpath(raw)
+    root = os.path.realpath(pool_root)
+    if _is_within(resolved, root):
+        raise InvalidArgument(f"target path {raw} lies inside the pool {root}")
+    if _is_within(root, resolved):
+        raise InvalidArgument(f"target path {raw} contains the pool {root}: a mount there would hide it")
+    return resolved
+
+
+def _options_of(mount: MountEntry) -> frozenset[str]:
+    return frozenset(option for option in mount.options if option in MOUNT_OPTIONS)
+
+
+def publish(
+    source: StrPath,
+    target: StrPath,
+    *,
+    readonly: bool,
+    options: Iterable[str] = (),
+    exclusive: bool,
+    pool_root: StrPath,
+) -> bool:
+    """Bind-mounts a volume directory at target; True when mounted now, False when it already was.
+
+    Already mounted from the same subvolume with the same read-only flag and options: nothing to do.
+    Something else, or the same volume with other flags, at target: AlreadyExists. exclusive: the
+    volume must not be mounted anywhere else (single-writer access modes), else InUse. The target
+    directory is created when absent and removed again if the mount fails.
+    """
+    wanted = frozenset(options)
+    mount_flags(wanted)  # refuse unknown options before touching anything
+    resolved = check_target(target, pool_root)
+    entries = mountinfo()
+    identity = location(source, entries)
+    current = mount_at(resolved, entries)
+    if current is not None:
+        if current.identity != identity:
+            raise AlreadyExists(f"{target} already has {current.root} of {current.device} mounted")
+        if current.readonly != readonly or not wanted <= _options_of(current):
+            raise AlreadyExists(
+                f"{target} already has this volume mounted {'ro' if current.readonly else 'rw'} with "
+                f"options {sorted(_options_of(current))}, not the ones asked for"
+            )
+        return False
+    if exclusive:
+        elsewhere = [entry.mount_point for entry in entries if entry.identity == identity]
+        if elsewhere:
+            raise InUse(f"the volume is already published at {elsewhere[0]} and its access mode allows one")
+    created = False
+    try:
+        os.mkdir(resolved, 0o750)
+        created = True
+    except FileExistsError:
+        if not os.path.isdir(resolved) or os.path.islink(resolved):
+            raise InvalidArgument(f"target path {target} exists and is not a directory") from None
+    except OSError as exc:
+        raise error_from_os("create target directory", str(target), exc) from None
+    try:
+        bind_mount(source, resolved, readonly, wanted)
+    except BaseException:
+        if created:
+            os.rmdir(resolved)
+        raise
+    return True
+
+
+def unpublish(source: StrPath, target: StrPath) -> bool:
+    """Unmounts the volume at source from target and removes the target directory; True if unmounted.
+
+    Nothing mounted at target: only the (empty) directory is removed, so a repeat call succeeds. A
+    different filesystem mounted at target is left alone: InUse.
+    """
+    raw = os.fspath(target)
+    if not os.path.isabs(raw):
+        raise InvalidArgument(f"target path {raw!r} is not absolute")
+    resolved = os.path.realpath(raw)
+    entries = mountinfo()
+    identity = location(source, entries)
+    unmounted = False
+    # A repeated publish racing itself could stack the same volume twice: take down every layer.
+    while (current := mount_at(resolved, entries)) is not None:
+        if current.identity != identity:
+            raise InUse(f"{raw} has {current.root} of {current.device} mounted, not this volume")
+        unmount(resolved)
+        unmounted = True
+        entries = mountinfo()
+    try:
+        os.rmdir(resolved)
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:
+        raise InUse(f"{raw} is not a directory this driver made") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            raise InUse(f"{raw} is not empty: something other than this volume was put there") from None
+        raise error_from_os("remove target directory", raw, exc) from None
+    return unmounted
+
+
+def check_published(source: StrPath, path: StrPath) -> None:
+    """NotFound unless path is a mount point showing the volume at source (where it was published)."""
+    raw = os.fspath(path)
+    if not os.path.isabs(raw):
+        raise InvalidArgument(f"volume path {raw!r} is not absolute")
+    entries = mountinfo()
+    mount = mount_at(raw, entries)
+    if mount is None or mount.identity != location(source, entries):
+        raise NotFound(f"volume path {raw} is not a mount of this volume")
+
+
+def published_targets(source: StrPath) -> list[str]:
+    """Every mount point showing the volume at source; btrfs itself would delete a mounted subvolume."""
+    entries = mountinfo()
+    identity = location(source, entries)
+    return [entry.mount_point for entry in entries if entry.identity == identity]
