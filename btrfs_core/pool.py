@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -51,6 +52,7 @@ _PLAIN_NAME_CHARS = 100  # longer names are hashed, leaving room for staging suf
 FULL_MARGIN_BYTES = 128 << 10
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class _GroupCommit:
@@ -486,19 +488,27 @@ class Pool:
     # housekeeping
 
     def clear_staging(self) -> int:
-        """Removes whatever a crash left in staging; returns how many entries."""
+        """Removes whatever a crash left in staging; returns how many entries it removed.
+
+        An entry that resists is left for the next round and logged: it must not stop the driver.
+        """
+        removed = 0
         with self._lock:
-            entries = sorted(self.staging_dir.iterdir())
-            for entry in entries:
-                if self._fs.is_subvolume(entry):
-                    self._fs.delete_subvolume(entry)
-                elif entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-        if entries:
+            for entry in sorted(self.staging_dir.iterdir()):
+                try:
+                    if self._fs.is_subvolume(entry):
+                        self._fs.delete_subvolume(entry)
+                    elif entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+                except (BtrfsCoreError, OSError) as exc:
+                    log.warning("staging debris %s not removed: %s", entry, exc)
+                    continue
+                removed += 1
+        if removed:
             self._commit.commit()
-        return len(entries)
+        return removed
 
     def remove_stale_qgroups(self) -> list[int]:
         removed = self._fs.remove_stale_qgroups()
