@@ -2,7 +2,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint system-deps manifests image e2e clean
+.PHONY: test demo lint system-deps proto manifests bench image e2e clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP) system-deps lint
 
 demo: $(STAMP) system-deps
 	$(PY) -m demo
+
+proto: $(STAMP)
+	$(PY) tools/gen-proto
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench.bench_core
+	$(PY) -m bench.bench_grpc
+	$(PY) -m bench.bench_scrape
 
 manifests: $(STAMP)
 	tools/render-manifests

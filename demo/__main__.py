@@ -3,6 +3,7 @@ client walking one volume through its whole life. Everything it makes is removed
 
 import contextlib
 import errno
+import functools
 import os
 import signal
 import subprocess
@@ -61,12 +62,12 @@ def driver(pool: Path, socket: Path) -> Iterator[grpc.Channel]:
 
 
 def fill(directory: Path) -> int:
-    """Writes 1 MiB blocks until the kernel refuses one; returns the bytes it took."""
+    """Writes 64 KiB blocks until the kernel refuses one; returns the bytes it took."""
     written = 0
     with open(directory / "fill", "wb") as f:
         try:
             while True:
-                written += f.write(b"\xab" * MiB)
+                written += f.write(b"\xab" * (64 << 10))
                 f.flush()
         except OSError as exc:
             if exc.errno != errno.EDQUOT:
@@ -117,7 +118,7 @@ def walk(channel: grpc.Channel, workdir: Path) -> None:
     target = workdir / "target-data"
     publish(data, target)
     written = step("write until the limit bites", lambda: fill(target))
-    print(f"             EDQUOT after {written / MiB:.0f} MiB of a 16 MiB volume")
+    print(f"             EDQUOT after {written / MiB:.2f} MiB of a 16 MiB volume")
     stats(data, target)
     (target / "fill").unlink()
     (target / "hello.txt").write_text("written before the snapshot\n")
@@ -155,7 +156,7 @@ def walk(channel: grpc.Channel, workdir: Path) -> None:
     )
     grown = step("NodeExpandVolume to 32 MiB", lambda: node.NodeExpandVolume(expand))
     written = step("write until the limit bites", lambda: fill(target))
-    print(f"             now {grown.capacity_bytes // MiB} MiB: EDQUOT after {written / MiB:.0f} MiB")
+    print(f"             now {grown.capacity_bytes // MiB} MiB: EDQUOT after {written / MiB:.2f} MiB")
     stats(data, target)
 
     listed = step("ListVolumes", lambda: controller.ListVolumes(pb.ListVolumesRequest()))
@@ -169,10 +170,8 @@ def walk(channel: grpc.Channel, workdir: Path) -> None:
         lambda: controller.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id)),
     )
     for volume in (data, restored, clone):
-        step(
-            f"DeleteVolume {volume.volume_id}",
-            lambda v=volume: controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=v.volume_id)),
-        )
+        delete = pb.DeleteVolumeRequest(volume_id=volume.volume_id)
+        step(f"DeleteVolume {volume.volume_id}", functools.partial(controller.DeleteVolume, delete))
     left = controller.ListVolumes(pb.ListVolumesRequest()).entries
     print(f"             volumes left: {len(left)}")
 

@@ -1,0 +1,128 @@
+"""`btrfs-csi serve ...` / `python -m csi serve ...`: open the pool, serve CSI on a unix socket until
+SIGTERM or SIGINT, then stop gracefully.
+
+Exit codes: 0 after a graceful stop, 2 when the configuration or the pool is refused (one line on
+stderr saying why, no traceback).
+"""
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+
+from btrfs_core.errors import BtrfsCoreError
+from btrfs_core.pool import Pool
+from csi import logging as csi_logging
+from csi.config import Config, ConfigError, parse_args
+from csi.controller import ControllerServicer
+from csi.identity import IdentityServicer, driver_version
+from csi.locks import KeyedTryLock
+from csi.node import NodeServicer
+from csi.server import ServeError, bind_unix_socket, build_server, prepare_socket_path
+
+log = logging.getLogger("csi")
+EXIT_REFUSED = 2
+
+
+@dataclass
+class Driver:
+    """A started server and what it serves; `stop` ends it and removes the socket."""
+
+    config: Config
+    pool: Pool
+    server: grpc.Server
+
+    def stop(self, grace: float | None = None) -> None:
+        self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self.config.socket_path.unlink(missing_ok=True)
+
+
+def start(
+    config: Config,
+    pool: Pool,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),  # type: ignore[type-arg]
+) -> Driver:
+    """Builds the servicers over an opened pool and serves them on the configured socket."""
+    locks = KeyedTryLock()  # one set for both services: a volume is busy whichever RPC holds it
+    server = build_server(
+        IdentityServicer(config, pool),
+        ControllerServicer(config, pool, locks),
+        NodeServicer(config, pool, locks),
+        max_workers=config.max_workers,
+        interceptors=interceptors,
+    )
+    bind_unix_socket(server, config.socket_path)
+    server.start()
+    return Driver(config, pool, server)
+
+
+def rpc_interceptors(config: Config, pool: Pool) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
+    """METRICS HOOK: interceptors wrapped around every RPC (outside the error mapping).
+
+    The metrics exporter adds its per-RPC duration interceptor here and starts its HTTP server on
+    config.metrics_address; until then there are none.
+    """
+    return []
+
+
+def serve(config: Config) -> int:
+    try:
+        # The socket first: a second instance must not touch the pool (opening it clears staging).
+        prepare_socket_path(config.socket_path)
+        pool = Pool.open(config.pool, config.quota_mode)
+    except (ServeError, BtrfsCoreError, OSError) as exc:
+        print(f"btrfs-csi: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        driver = start(config, pool, rpc_interceptors(config, pool))
+    except ServeError as exc:
+        print(f"btrfs-csi: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    status = pool.quota_status()
+    log.info(
+        "serving",
+        extra={
+            "fields": {
+                "version": driver_version(),
+                "driver": config.driver_name,
+                "node_id": config.node_id,
+                "endpoint": config.endpoint,
+                "pool": str(config.pool),
+                "quota_mode": status.mode.value,
+                "quota_inconsistent": status.inconsistent,
+            }
+        },
+    )
+    # Wake up now and then: a signal handler only runs on the main thread between bytecodes.
+    while not stopping.wait(timeout=1.0):
+        pass
+    log.info("stopping", extra={"fields": {"grace_seconds": config.grace_seconds}})
+    driver.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_args(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as exc:
+        print(f"btrfs-csi: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    csi_logging.setup(config.log_level, config.log_format)
+    return serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Controller service: volumes and snapshots of this node's pool.
+
+Each RPC validates the request (csi.validation), checks topology, takes the per-ID try-lock, makes its
+call into the core and builds the response. Core errors become status codes in the server interceptor.
+"""
+
+import grpc
+from google.protobuf import wrappers_pb2
+
+from btrfs_core import mounts
+from btrfs_core.errors import AlreadyExists, InUse, NotFound
+from btrfs_core.models import Source, Volume
+from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
+from csi import validation as v
+from csi.config import Config
+from csi.errors import CsiError, unimplemented
+from csi.locks import KeyedTryLock, snapshot_key, volume_key
+from csi.pb import csi_pb2, csi_pb2_grpc
+from csi.responses import condition_message, snapshot_message, volume_message
+
+RPC = csi_pb2.ControllerServiceCapability.RPC
+CAPABILITIES = (
+    RPC.CREATE_DELETE_VOLUME,
+    RPC.CREATE_DELETE_SNAPSHOT,
+    RPC.LIST_SNAPSHOTS,
+    RPC.CLONE_VOLUME,
+    RPC.LIST_VOLUMES,
+    RPC.GET_CAPACITY,
+    RPC.GET_VOLUME,
+    RPC.VOLUME_CONDITION,
+    RPC.SINGLE_NODE_MULTI_WRITER,
+    RPC.GET_SNAPSHOT,
+)
+
+
+class ControllerServicer(csi_pb2_grpc.ControllerServicer):
+    def __init__(self, config: Config, pool: Pool, locks: KeyedTryLock) -> None:
+        self._config = config
+        self._pool = pool
+        self._locks = locks
+
+    def _volume_message(self, volume: Volume) -> csi_pb2.Volume:
+        return volume_message(volume, self._config.topology)
+
+    # volumes
+
+    def CreateVolume(
+        self, request: csi_pb2.CreateVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.CreateVolumeResponse:
+        name = v.required_name(request.name)
+        v.supported_capabilities(request.volume_capabilities)
+        parameters = v.parameters(request.parameters, v.VOLUME_PARAMETERS)
+        v.no_mutable_parameters(request.mutable_parameters)
+        capacity_range = request.capacity_range if request.HasField("capacity_range") else None
+        capacity = v.volume_capacity(capacity_range, MIN_VOLUME_BYTES)
+        source = (
+            v.content_source(request.volume_content_source)
+            if request.HasField("volume_content_source")
+            else None
+        )
+        requirement = (
+            request.accessibility_requirements if request.HasField("accessibility_requirements") else None
+        )
+        v.check_accessible(requirement, self._config.topology, "accessibility_requirements")
+        volume_id = Pool.volume_id(name)
+        with self._locks.hold(volume_key(volume_id)):
+            try:
+                volume = self._pool.create_volume(name, capacity, source, v.volume_metadata(parameters))
+            except AlreadyExists:
+                volume = self._compatible_existing(volume_id, name, source, capacity_range)
+        return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume))
+
+    def _compatible_existing(
+        self, volume_id: str, name: str, source: Source | None, capacity_range: csi_pb2.CapacityRange | None
+    ) -> Volume:
+        """An existing volume of this name that the request accepts, although its capacity differs.
+
+        The core compares exact capacities; the spec asks only that the capacity lie in the range.
+        """
+        existing = self._pool.get_volume(volume_id)
+        if (
+            existing.name == name
+            and existing.source == source
+            and v.fits_range(existing.capacity, capacity_range)
+        ):
+            return existing
+        raise AlreadyExists(
+            f"volume {name!r} exists with capacity {existing.capacity} and source {existing.source}, "
+            "incompatible with this request"
+        )
+
+    def DeleteVolume(
+        self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.DeleteVolumeResponse:
+        volume_id = v.required_id(request.volume_id, "volume_id")
+        with self._locks.hold(volume_key(volume_id)):
+            try:
+                published = mounts.published_targets(self._pool.volume_path(volume_id))
+            except NotFound:
+                return csi_pb2.DeleteVolumeResponse()  # already gone: deletion is idempotent
+            if published:
+                # btrfs would delete a bind-mounted subvolume under a running workload.
+                raise InUse(f"volume {volume_id} is still published at {published[0]}")
+            self._pool.delete_volume(volume_id)
+        return csi_pb2.DeleteVolumeResponse()
+
+    def ValidateVolumeCapabilities(
+        self, request: csi_pb2.ValidateVolumeCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
+        volume_id = v.required_id(request.volume_id, "volume_id")
+        caps = v.capabilities(request.volume_capabilities)
+        self._pool.get_volume(volume_id)
+        reason = v.unsupported_reason(caps)
+        if reason is None and request.mutable_parameters:
+            reason = "mutable_parameters are not supported (no MODIFY_VOLUME capability)"
+        if reason is None:
+            try:
+                v.parameters(request.parameters, v.VOLUME_PARAMETERS)
+            except CsiError as exc:
+                reason = exc.message
+        if reason is not None:
+            return csi_pb2.ValidateVolumeCapabilitiesResponse(message=reason)
+        confirmed = csi_pb2.ValidateVolumeCapabilitiesResponse.Confirmed(
+            volume_context=request.volume_context,
+            volume_capabilities=request.volume_capabilities,
+            parameters=request.parameters,
+        )
+        return csi_pb2.ValidateVolumeCapabilitiesResponse(confirmed=confirmed)
+
+    def ListVolumes(
+        self, request: csi_pb2.ListVolumesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ListVolumesResponse:
+        limit = v.max_entries(request.max_entries)
+        after = v.parse_page_token(request.starting_token, "volume")
+        page, next_token = v.paginate(self._pool.list_volumes(), lambda volume: volume.id, limit, after)
+        Entry, Status = csi_pb2.ListVolumesResponse.Entry, csi_pb2.ListVolumesResponse.VolumeStatus
+        entries = [
+            Entry(
+                volume=self._volume_message(volume),
+                status=Status(volume_condition=condition_message(self._pool.volume_health(volume.id))),
+            )
+            for volume in page
+        ]
+        return csi_pb2.ListVolumesResponse(entries=entries, next_token=next_token)
+
+    def GetCapacity(
+        self, request: csi_pb2.GetCapacityRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetCapacityResponse:
+        caps = [
+            v.capability(cap, f"volume_capabilities[{i}]")
+            for i, cap in enumerate(request.volume_capabilities)
+        ]
+        v.parameters(request.parameters, v.VOLUME_PARAMETERS)
+        topology = request.accessible_topology if request.HasField("accessible_topology") else None
+        if v.unsupported_reason(caps) is not None or not v.topology_matches(topology, self._config.topology):
+            return csi_pb2.GetCapacityResponse(available_capacity=0)  # nothing this driver could provision
+        available = self._pool.available_capacity()
+        return csi_pb2.GetCapacityResponse(
+            available_capacity=available,
+            maximum_volume_size=wrappers_pb2.Int64Value(value=available),
+            minimum_volume_size=wrappers_pb2.Int64Value(value=MIN_VOLUME_BYTES),
+        )
+
+    def ControllerGetVolume(
+        self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerGetVolumeResponse:
+        volume_id = v.required_id(request.volume_id, "volume_id")
+        volume = self._pool.get_volume(volume_id)
+        status = csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
+            volume_condition=condition_message(self._pool.volume_health(volume_id))
+        )
+        return csi_pb2.ControllerGetVolumeResponse(volume=self._volume_message(volume), status=status)
+
+    def ControllerGetCapabilities(
+        self, request: csi_pb2.ControllerGetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerGetCapabilitiesResponse:
+        return csi_pb2.ControllerGetCapabilitiesResponse(
+            capabilities=[csi_pb2.ControllerServiceCapability(rpc=RPC(type=cap)) for cap in CAPABILITIES]
+        )
+
+    # snapshots
+
+    def CreateSnapshot(
+        self, request: csi_pb2.CreateSnapshotRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.CreateSnapshotResponse:
+        name = v.required_name(request.name)
+        source_volume_id = v.required_id(request.source_volume_id, "source_volume_id")
+        v.parameters(request.parameters, v.SNAPSHOT_PARAMETERS)
+        snapshot_id = Pool.snapshot_id(name)
+        with self._locks.hold(snapshot_key(snapshot_id)):
+            snapshot = self._pool.create_snapshot(name, source_volume_id)
+        return csi_pb2.CreateSnapshotResponse(snapshot=snapshot_message(snapshot))
+
+    def DeleteSnapshot(
+        self, request: csi_pb2.DeleteSnapshotRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.DeleteSnapshotResponse:
+        snapshot_id = v.required_id(request.snapshot_id, "snapshot_id", "snapshot")
+        with self._locks.hold(snapshot_key(snapshot_id)):
+            self._pool.delete_snapshot(snapshot_id)
+        return csi_pb2.DeleteSnapshotResponse()
+
+    def ListSnapshots(
+        self, request: csi_pb2.ListSnapshotsRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ListSnapshotsResponse:
+        limit = v.max_entries(request.max_entries)
+        after = v.parse_page_token(request.starting_token, "snapshot")
+        source_volume_id = (
+            v.required_id(request.source_volume_id, "source_volume_id") if request.source_volume_id else ""
+        )
+        if request.snapshot_id:
+            snapshot_id = v.required_id(request.snapshot_id, "snapshot_id", "snapshot")
+            try:
+                snapshots = [self._pool.get_snapshot(snapshot_id)]
+            except NotFound:
+                snapshots = []  # a filter that matches nothing is an empty list, not an error
+        else:
+            snapshots = self._pool.list_snapshots()
+        if source_volume_id:
+            snapshots = [snapshot for snapshot in snapshots if snapshot.source_volume_id == source_volume_id]
+        page, next_token = v.paginate(snapshots, lambda snapshot: snapshot.id, limit, after)
+        entries = [
+            csi_pb2.ListSnapshotsResponse.Entry(snapshot=snapshot_message(snapshot)) for snapshot in page
+        ]
+        return csi_pb2.ListSnapshotsResponse(entries=entries, next_token=next_token)
+
+    def GetSnapshot(
+        self, request: csi_pb2.GetSnapshotRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetSnapshotResponse:
+        snapshot_id = v.required_id(request.snapshot_id, "snapshot_id", "snapshot")
+        return csi_pb2.GetSnapshotResponse(snapshot=snapshot_message(self._pool.get_snapshot(snapshot_id)))
+
+    # not offered: node-local volumes need no attach step, expansion happens on the node, and there
+    # are no mutable parameters
+
+    def ControllerPublishVolume(
+        self, request: csi_pb2.ControllerPublishVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerPublishVolumeResponse:
+        raise unimplemented("ControllerPublishVolume")
+
+    def ControllerUnpublishVolume(
+        self, request: csi_pb2.ControllerUnpublishVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerUnpublishVolumeResponse:
+        raise unimplemented("ControllerUnpublishVolume")
+
+    def ControllerExpandVolume(
+        self, request: csi_pb2.ControllerExpandVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerExpandVolumeResponse:
+        raise unimplemented("ControllerExpandVolume")
+
+    def ControllerModifyVolume(
+        self, request: csi_pb2.ControllerModifyVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerModifyVolumeResponse:
+        raise unimplemented("ControllerModifyVolume")

@@ -1,0 +1,184 @@
+"""The gRPC server: bounded worker pool, message limits, the unix socket, and the one interceptor that
+maps errors to status codes and logs one line per RPC.
+
+Metrics hook: `build_server(..., interceptors=[...])` puts extra interceptors OUTSIDE the error-mapping
+one, so they see every RPC after its status is settled. An outer interceptor reads the outcome of a call
+with `rpc_code(context)` once the inner handler has returned (OK) or raised (the aborted status).
+"""
+
+import errno
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from csi.errors import status_for
+from csi.logging import RPC_LOGGER, request_fields
+from csi.pb import csi_pb2_grpc
+
+log = logging.getLogger(RPC_LOGGER)
+
+MAX_MESSAGE_BYTES = 4 << 20  # CSI messages are a few KiB; anything near this is not a CO talking
+QUEUED_RPCS_PER_WORKER = 4  # beyond workers x this, new RPCs get RESOURCE_EXHAUSTED instead of queueing
+# Polled by the CO (liveness probe, discovery, kubelet volume stats, provisioner capacity tracking):
+# logged at DEBUG when they succeed, so the INFO log shows what changed. Failures are always WARNING.
+QUIET_METHODS = frozenset(
+    {
+        "Probe",
+        "GetPluginInfo",
+        "GetPluginCapabilities",
+        "ControllerGetCapabilities",
+        "NodeGetCapabilities",
+        "NodeGetInfo",
+        "NodeGetVolumeStats",
+        "GetCapacity",
+    }
+)
+
+Behaviour = Callable[[Any, grpc.ServicerContext], Any]
+
+
+class ServeError(Exception):
+    """The server cannot start (socket path unusable); the message is one line."""
+
+
+def rpc_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """The status an RPC ended with, for interceptors outside the error mapping (OK when none was set)."""
+    code: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]
+    return code if code is not None else grpc.StatusCode.OK
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Turns exceptions into CSI status codes (csi.errors) and logs each RPC once, with its duration."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],  # type: ignore[type-arg]
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # unknown method: grpc answers UNIMPLEMENTED itself
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        return grpc.unary_unary_rpc_method_handler(
+            _mapped(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _mapped(method: str, inner: Behaviour) -> Behaviour:
+    def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
+        start = time.monotonic()
+        try:
+            response = inner(request, context)
+        except Exception as exc:
+            mapped = status_for(exc)
+            if mapped is None:
+                code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+                _log_rpc(method, request, code, start, message, exc)  # the one traceback for this failure
+            else:
+                code, message = mapped
+                _log_rpc(method, request, code, start, message)
+            context.abort(code, message)
+        _log_rpc(method, request, grpc.StatusCode.OK, start)
+        return response
+
+    return behaviour
+
+
+def _log_rpc(
+    method: str,
+    request: Any,
+    code: grpc.StatusCode,
+    start: float,
+    message: str = "",
+    exc: BaseException | None = None,
+) -> None:
+    fields: dict[str, Any] = {"method": method, "code": code.name}
+    fields["duration_ms"] = round((time.monotonic() - start) * 1000, 3)
+    fields.update(request_fields(request))
+    if message:
+        fields["error"] = message
+    if exc is not None:
+        level = logging.ERROR
+    elif code is grpc.StatusCode.OK:
+        level = logging.DEBUG if method in QUIET_METHODS else logging.INFO
+    else:
+        level = logging.WARNING
+    log.log(level, method, extra={"fields": fields}, exc_info=exc)
+
+
+def build_server(
+    identity: csi_pb2_grpc.IdentityServicer,
+    controller: csi_pb2_grpc.ControllerServicer,
+    node: csi_pb2_grpc.NodeServicer,
+    *,
+    max_workers: int,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),  # type: ignore[type-arg]
+) -> grpc.Server:
+    """The server with the three CSI services. `interceptors` (e.g. metrics) wrap the error mapping."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="csi-rpc"),
+        interceptors=[*interceptors, ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+        maximum_concurrent_rpcs=max_workers * QUEUED_RPCS_PER_WORKER,
+    )
+    csi_pb2_grpc.add_IdentityServicer_to_server(identity, server)
+    csi_pb2_grpc.add_ControllerServicer_to_server(controller, server)
+    csi_pb2_grpc.add_NodeServicer_to_server(node, server)
+    return server
+
+
+def _socket_in_use(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(os.fspath(path))
+        except OSError:
+            return False
+        return True
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Makes the socket's directory and removes a stale socket; refuses to replace anything else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ServeError(f"{path} exists and is not a socket; refusing to replace it")
+    if _socket_in_use(path):
+        raise ServeError(f"{path} is in use by another running server")
+    path.unlink()
+
+
+def bind_unix_socket(server: grpc.Server, path: Path) -> None:
+    """Binds the server to a unix socket that only its owner (root: the CO's sidecars) may use.
+
+    The umask makes the socket 0600 from its creation, so there is no moment it is open to others.
+    """
+    prepare_socket_path(path)
+    old_umask = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix:{path}")
+    except RuntimeError as exc:
+        raise ServeError(f"cannot bind the socket {path}: {exc}") from None
+    finally:
+        os.umask(old_umask)
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise

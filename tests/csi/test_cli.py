@@ -1,0 +1,125 @@
+"""`btrfs-csi serve` as a real process: refusals are one line with exit code 2, SIGTERM stops it cleanly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from csi.pb import csi_pb2, csi_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+CONSOLE_SCRIPT = Path(sys.executable).parent / "btrfs-csi"
+
+
+def command() -> list[str]:
+    """The installed console script (`make` installs the package), else the module it points at."""
+    if CONSOLE_SCRIPT.exists():
+        return [str(CONSOLE_SCRIPT)]
+    return [sys.executable, "-m", "csi"]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command(), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environment()
+    )
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def serve_args(socket: Path, pool: Path, *extra: str) -> list[str]:
+    return ["serve", "--endpoint", f"unix://{socket}", "--node-id", "node-1", "--pool", str(pool), *extra]
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+
+
+def test_bad_flags_are_refused_in_one_line() -> None:
+    assert_refused(run(), "command")
+    assert_refused(run("serve", "--endpoint", "tcp://x:1", "--node-id", "n", "--pool", "/"), "unix://")
+
+
+def test_module_entry_point_is_the_same_program() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "csi", "serve", "--node-id", "n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=environment(),
+    )
+    assert_refused(result, "required")
+
+
+def test_non_btrfs_pool_is_refused_with_the_reason(tmp_path: Path, socket_dir: Path) -> None:
+    result = run(*serve_args(socket_dir / "csi.sock", tmp_path))
+    assert_refused(result, "not btrfs")
+    assert not (socket_dir / "csi.sock").exists()
+    assert_refused(run(*serve_args(socket_dir / "csi.sock", tmp_path / "missing")), "not a directory")
+
+
+@pytest.fixture
+def running(btrfs_mount: Path, socket_dir: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    socket = socket_dir / "csi.sock"
+    process = subprocess.Popen(
+        [*command(), *serve_args(socket, btrfs_mount, "--log-format", "json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=environment(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the driver did not start: {process.communicate(timeout=10)}")
+            time.sleep(0.05)
+        yield process, socket
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serves_until_signalled_then_stops_gracefully(
+    running: tuple[subprocess.Popen[str], Path], signum: signal.Signals
+) -> None:
+    process, socket = running
+    assert (socket.stat().st_mode & 0o777) == 0o600
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        identity = csi_pb2_grpc.IdentityStub(channel)
+        assert identity.Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
+        assert identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest(), timeout=10).name == "btrfs.csi.dev"
+    started = time.monotonic()
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert time.monotonic() - started < 15  # within the grace period, not killed
+    assert not socket.exists()
+    assert "Traceback" not in stderr
+    assert '"msg": "serving"' in stderr and '"msg": "stopped"' in stderr
+
+
+@pytest.mark.kernel
+def test_second_instance_on_the_same_socket_is_refused(
+    running: tuple[subprocess.Popen[str], Path], btrfs_mount: Path
+) -> None:
+    _, socket = running
+    assert_refused(run(*serve_args(socket, btrfs_mount)), "in use")
+    assert socket.exists()  # the running driver's socket was left alone

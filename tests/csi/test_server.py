@@ -1,0 +1,271 @@
+"""The server around the servicers: the error-mapping interceptor, one log line per RPC with secrets left
+out, the metrics hook, try-locks seen from a client, and the unix socket. On the fake pool: no root."""
+
+import io
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+
+from btrfs_core.pool import Pool
+from csi import logging as csi_logging
+from csi.__main__ import start
+from csi.config import Config
+from csi.pb import csi_pb2, csi_pb2_grpc
+from csi.server import ServeError, prepare_socket_path, rpc_code
+from tests.csi.conftest import Client, MiB, code_of, mount_capability
+
+
+class PoolWrapper:
+    """A pool whose chosen methods are replaced, the rest passed through."""
+
+    def __init__(self, inner: Pool, **overrides: Callable[..., Any]) -> None:
+        self._inner = inner
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        return self._overrides.get(name) or getattr(self._inner, name)
+
+
+@pytest.fixture
+def fake_pool(tmp_path: Path) -> Pool:
+    from btrfs_core.fake import FakeBackend
+
+    root = tmp_path / "pool"
+    root.mkdir()
+    return Pool.open(root, backend=FakeBackend(root))
+
+
+class LogCapture:
+    """The driver's logging set up on a buffer, in text or JSON."""
+
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+
+    def use(self, fmt: str) -> None:
+        csi_logging.setup("DEBUG", fmt, self.buffer)
+
+    def lines(self) -> list[str]:
+        return self.buffer.getvalue().splitlines()
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    yield LogCapture()
+    for name in ("csi", "btrfs_core"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
+def serve(
+    pool: Any, socket_dir: Path, interceptors: list[Any] | None = None
+) -> tuple[Client, Callable[[], None]]:
+    config = Config(socket_path=socket_dir / "csi.sock", node_id="node-1", pool=pool.root, max_workers=4)
+    driver = start(config, cast(Pool, pool), interceptors or [])
+    channel = grpc.insecure_channel(config.endpoint)
+    client = Client(
+        csi_pb2_grpc.IdentityStub(channel),
+        csi_pb2_grpc.ControllerStub(channel),
+        csi_pb2_grpc.NodeStub(channel),
+        driver,
+    )
+
+    def stop() -> None:
+        channel.close()
+        driver.stop(0)
+
+    return client, stop
+
+
+def test_socket_is_owner_only_and_removed_at_stop(fake_pool: Pool, socket_dir: Path) -> None:
+    client, stop = serve(fake_pool, socket_dir)
+    path = socket_dir / "csi.sock"
+    mode = path.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    client.identity.Probe(csi_pb2.ProbeRequest())
+    stop()
+    assert not path.exists()
+
+
+def test_stale_socket_is_replaced(fake_pool: Pool, socket_dir: Path) -> None:
+    path = socket_dir / "csi.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))  # a socket file nobody listens on: what a crashed driver leaves
+    client, stop = serve(fake_pool, socket_dir)
+    try:
+        assert client.identity.Probe(csi_pb2.ProbeRequest()).ready.value
+    finally:
+        stop()
+
+
+def test_live_socket_or_other_file_is_not_replaced(fake_pool: Pool, socket_dir: Path) -> None:
+    path = socket_dir / "csi.sock"
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen()
+        with pytest.raises(ServeError, match="in use"):
+            prepare_socket_path(path)
+    path.unlink()
+    path.write_text("precious")
+    with pytest.raises(ServeError, match="not a socket"):
+        prepare_socket_path(path)
+    assert path.read_text() == "precious"
+    prepare_socket_path(socket_dir / "new" / "dir" / "csi.sock")  # parents are made
+    assert (socket_dir / "new" / "dir").is_dir()
+
+
+def test_bug_becomes_internal_with_one_traceback(fake_pool: Pool, socket_dir: Path, logs: LogCapture) -> None:
+    logs.use("text")
+
+    def broken(volume_id: str) -> Any:
+        raise RuntimeError("the core tripped")
+
+    client, stop = serve(PoolWrapper(fake_pool, get_volume=broken), socket_dir)
+    try:
+        request = csi_pb2.ControllerGetVolumeRequest(volume_id="pvc-1")
+        with pytest.raises(grpc.RpcError) as exc:
+            client.controller.ControllerGetVolume(request)
+        assert exc.value.code() == grpc.StatusCode.INTERNAL
+        assert "the core tripped" in (exc.value.details() or "")
+    finally:
+        stop()
+    text = "\n".join(logs.lines())
+    assert text.count("Traceback (most recent call last)") == 1
+    assert "ERROR csi.rpc ControllerGetVolume code=INTERNAL" in text
+
+
+def test_one_json_line_per_rpc_without_secrets(fake_pool: Pool, socket_dir: Path, logs: LogCapture) -> None:
+    logs.use("json")
+    client, stop = serve(fake_pool, socket_dir)
+    try:
+        request = csi_pb2.CreateVolumeRequest(
+            name="pvc-1",
+            capacity_range=csi_pb2.CapacityRange(required_bytes=2 * MiB),
+            volume_capabilities=[mount_capability(mount_flags=["password=hunter2"])],
+            secrets={"password": "hunter2"},
+        )
+        assert code_of(client.controller.CreateVolume, request) == grpc.StatusCode.INVALID_ARGUMENT
+        request.volume_capabilities[0].mount.ClearField("mount_flags")
+        client.controller.CreateVolume(request)
+        client.identity.Probe(csi_pb2.ProbeRequest())
+    finally:
+        stop()
+    lines = logs.lines()
+    assert "hunter2" not in "\n".join(lines)
+    entries = [json.loads(line) for line in lines]
+    rpcs = [entry for entry in entries if entry["logger"] == "csi.rpc"]
+    assert [(e["method"], e["code"], e["name"]) for e in rpcs if e["method"] == "CreateVolume"] == [
+        ("CreateVolume", "INVALID_ARGUMENT", "pvc-1"),
+        ("CreateVolume", "OK", "pvc-1"),
+    ]
+    assert all(isinstance(e["duration_ms"], float) for e in rpcs)
+    probe = [e for e in rpcs if e["method"] == "Probe"]
+    assert probe and probe[0]["level"] == "DEBUG"  # the liveness probe does not flood the log
+
+
+def test_metrics_hook_interceptor_sees_every_rpc_and_its_code(fake_pool: Pool, socket_dir: Path) -> None:
+    seen: list[tuple[str, grpc.StatusCode]] = []
+
+    class Recorder(grpc.ServerInterceptor):  # type: ignore[type-arg]
+        def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+            handler = continuation(details)
+            inner = handler.unary_unary
+
+            def observed(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner(request, context)
+                finally:
+                    seen.append((details.method.rsplit("/", 1)[-1], rpc_code(context)))
+
+            return grpc.unary_unary_rpc_method_handler(
+                observed, handler.request_deserializer, handler.response_serializer
+            )
+
+    client, stop = serve(fake_pool, socket_dir, [Recorder()])
+    try:
+        client.identity.Probe(csi_pb2.ProbeRequest())
+        code_of(client.controller.DeleteVolume, csi_pb2.DeleteVolumeRequest())
+        code_of(client.node.NodeStageVolume, csi_pb2.NodeStageVolumeRequest())
+    finally:
+        stop()
+    assert seen == [
+        ("Probe", grpc.StatusCode.OK),
+        ("DeleteVolume", grpc.StatusCode.INVALID_ARGUMENT),
+        ("NodeStageVolume", grpc.StatusCode.UNIMPLEMENTED),
+    ]
+
+
+def test_concurrent_call_on_the_same_volume_is_aborted_not_queued(fake_pool: Pool, socket_dir: Path) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_create(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "slow":
+            entered.set()
+            release.wait(10)
+        return fake_pool.create_volume(name, *args, **kwargs)
+
+    client, stop = serve(PoolWrapper(fake_pool, create_volume=slow_create), socket_dir)
+    try:
+        results: list[grpc.StatusCode] = []
+        first = threading.Thread(
+            target=lambda: results.append(code_of(client.controller.CreateVolume, request("slow")))
+        )
+        first.start()
+        assert entered.wait(10)
+        assert code_of(client.controller.CreateVolume, request("slow")) == grpc.StatusCode.ABORTED
+        assert code_of(client.controller.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id="slow")) == (
+            grpc.StatusCode.ABORTED
+        )
+        assert code_of(client.controller.CreateVolume, request("other")) == grpc.StatusCode.OK  # others go on
+        release.set()
+        first.join(10)
+        assert results == [grpc.StatusCode.OK]
+        assert code_of(client.controller.CreateVolume, request("slow")) == grpc.StatusCode.OK  # released
+    finally:
+        release.set()
+        stop()
+
+
+def request(name: str) -> csi_pb2.CreateVolumeRequest:
+    return csi_pb2.CreateVolumeRequest(
+        name=name,
+        capacity_range=csi_pb2.CapacityRange(required_bytes=2 * MiB),
+        volume_capabilities=[mount_capability()],
+    )
+
+
+def test_probe_fails_when_the_pool_breaks(fake_pool: Pool, socket_dir: Path) -> None:
+    def gone() -> Any:
+        raise OSError(5, "Input/output error")
+
+    client, stop = serve(PoolWrapper(fake_pool, quota_status=gone), socket_dir)
+    try:
+        assert code_of(client.identity.Probe, csi_pb2.ProbeRequest()) == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        stop()
+
+
+def test_unknown_service_is_unimplemented(fake_pool: Pool, socket_dir: Path) -> None:
+    _, stop = serve(fake_pool, socket_dir)
+    try:
+        channel = grpc.insecure_channel(f"unix://{socket_dir / 'csi.sock'}")
+        call = channel.unary_unary(
+            "/csi.v1.GroupController/GroupControllerGetCapabilities",
+            request_serializer=csi_pb2.GroupControllerGetCapabilitiesRequest.SerializeToString,
+            response_deserializer=csi_pb2.GroupControllerGetCapabilitiesResponse.FromString,
+        )
+        assert code_of(call, csi_pb2.GroupControllerGetCapabilitiesRequest()) == grpc.StatusCode.UNIMPLEMENTED
+        channel.close()
+    finally:
+        stop()
+    assert not os.path.exists(socket_dir / "csi.sock")
