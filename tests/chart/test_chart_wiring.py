@@ -9,6 +9,7 @@ import posixpath
 import pytest
 import yaml
 
+from csi.config import parse_args
 from tests.chart.helm_render import (
     CHART_DIR,
     NAMESPACE,
@@ -451,3 +452,14 @@ def test_images_are_pinned_and_listed_in_chart_metadata() -> None:
     sidecars = {i for i in used if i.startswith("registry.k8s.io/")}
     assert sidecars == set(SIDECAR_IMAGES.values()) == set(listed.values())
     assert f"ghcr.io/btrfs-csi/btrfs-csi:{chart['appVersion']}" in used
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_the_driver_accepts_the_arguments_the_chart_gives_it(option: str) -> None:
+    """The rendered command line goes through the driver's own parser, as the container will."""
+    driver = containers(daemonset(option))[DRIVER]
+    args = [arg.replace("$(NODE_NAME)", "node-a") for arg in driver["args"]]
+    config = parse_args(args)
+    assert config.node_id == "node-a"
+    assert config.driver_name == flag(driver, "driver-name")
+    assert str(config.pool) == flag(driver, "pool")
