@@ -112,6 +112,7 @@ class Pool:
         self._lock = threading.Lock()  # guards existence checks, capacity accounting and renames
         self._commit = _GroupCommit(backend.sync)
         self._capacities: dict[str, int] = {}
+        self._trash: set[Path] = set()  # renamed into staging by a delete that is still deleting it
 
     @classmethod
     def open(
@@ -365,9 +366,14 @@ class Pool:
                 # Out of sight first: a crash mid-delete leaves staging debris, never half a volume.
                 trash = self._staging_path(volume_id)
                 self._fs.rename(path, trash)
+                self._trash.add(trash)
             self._capacities.pop(volume_id, None)
         if trash is not None:
-            self._fs.delete_subvolume(trash)
+            try:
+                self._fs.delete_subvolume(trash)
+            finally:
+                with self._lock:
+                    self._trash.discard(trash)
         self._commit.commit()
 
     def expand_volume(self, volume_id: str, capacity: int) -> Volume:
@@ -495,6 +501,8 @@ class Pool:
         removed = 0
         with self._lock:
             for entry in sorted(self.staging_dir.iterdir()):
+                if entry in self._trash:
+                    continue  # a delete in progress removes it itself, outside the lock
                 try:
                     if self._fs.is_subvolume(entry):
                         self._fs.delete_subvolume(entry)
@@ -517,7 +525,7 @@ class Pool:
         return removed
 
     def rescan_quota(self) -> None:
-        """Rescans full qgroup accounting; simple quotas have no rescan (the kernel says EINVAL)."""
+        """Rescans full qgroup accounting; simple quotas have nothing to rescan."""
         if self._fs.quota_status().mode is QuotaMode.FULL:
             self._fs.rescan_quota()
 

@@ -17,6 +17,7 @@ import grpc
 
 from btrfs_core.errors import BtrfsCoreError
 from btrfs_core.pool import Pool
+from btrfs_exporter.server import build_registry, start_metrics_server
 from csi import logging as csi_logging
 from csi.config import Config, ConfigError, parse_args
 from csi.controller import ControllerServicer
@@ -61,15 +62,6 @@ def start(
     return Driver(config, pool, server)
 
 
-def rpc_interceptors(config: Config, pool: Pool) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
-    """METRICS HOOK: interceptors wrapped around every RPC (outside the error mapping).
-
-    The metrics exporter adds its per-RPC duration interceptor here and starts its HTTP server on
-    config.metrics_address; until then there are none.
-    """
-    return []
-
-
 def serve(config: Config) -> int:
     try:
         # The socket first: a second instance must not touch the pool (opening it clears staging).
@@ -85,11 +77,24 @@ def serve(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # One registry for the RPC interceptor, the scrape-time collector and the reconciler's counters.
+    metrics = build_registry(pool, config.driver_name)
     try:
-        driver = start(config, pool, rpc_interceptors(config, pool))
+        driver = start(config, pool, [metrics.rpc_interceptor()])
     except ServeError as exc:
         print(f"btrfs-csi: refusing to start: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    http = None
+    if config.metrics_address:
+        try:
+            http = start_metrics_server(config.metrics_address, metrics.registry)
+        except OSError as exc:
+            driver.stop(grace=0)
+            host, port = config.metrics_address
+            print(f"btrfs-csi: refusing to start: --metrics-address {host}:{port}: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+    reconciler = metrics.reconciler()
+    reconciler.start()
     status = pool.quota_status()
     log.info(
         "serving",
@@ -110,6 +115,9 @@ def serve(config: Config) -> int:
         pass
     log.info("stopping", extra={"fields": {"grace_seconds": config.grace_seconds}})
     driver.stop()
+    reconciler.stop()
+    if http is not None:
+        http.stop()
     log.info("stopped")
     return 0
 

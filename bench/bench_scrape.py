@@ -1,0 +1,145 @@
+"""Scrape cost of the btrfs-csi exporter at 10 to 10,000 volumes, next to one `btrfs qgroup show`.
+
+Run as root (it makes its own loop-device btrfs and removes it, also on failure):
+
+    .venv/bin/python -m bench.bench_scrape [--sizes 10,100,1000,10000] [--repeat 15] [--quota-mode simple]
+
+One pool grows through the sizes; every tenth volume gets a snapshot. For each size it measures the
+median of `--repeat` runs of:
+
+- scrape: a full scrape as /metrics serves it, `exposition.render(registry)` (collect() fully consumed
+  plus the text exposition), with the collector's directory index warm (the steady state);
+- generate_latest: the same through prometheus_client's own text exposition, for comparison;
+- cold: the first scrape of a new collector (its index empty: every object read once);
+- unindexed: a scrape listing the pool through Pool.list_volumes()/list_snapshots() every time;
+- the parts: `Pool.usage_all()` (one TREE_SEARCH), the listing alone (Pool.list_volumes() and
+  list_snapshots()), the text exposition alone (render of already collected families);
+- `btrfs qgroup show --raw <pool>`: one process, as a shell-out exporter would run it.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from btrfs_core.pool import Pool
+from btrfs_exporter import build_registry
+from btrfs_exporter.exposition import render
+from demo.loop_pool import loop_pool
+
+MiB = 1 << 20
+PVC = "csi.storage.k8s.io/pvc/"
+
+
+def median_ms(action: Callable[[], object], repeat: int) -> float:
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        action()
+        runs.append((time.perf_counter() - start) * 1000)
+    return statistics.median(runs)
+
+
+def grow(pool: Pool, volumes: int, have: int) -> None:
+    for i in range(have, volumes):
+        name = f"pvc-{i:05d}-0000-4000-8000-000000000000"
+        pool.create_volume(name, 64 * MiB, metadata={PVC + "name": f"data-{i}", PVC + "namespace": "bench"})
+        if i % 10 == 0:
+            pool.create_snapshot(f"snapshot-{i:05d}", name)
+
+
+def measure(pool: Pool, repeat: int) -> dict[str, float]:
+    def show() -> None:
+        subprocess.run(
+            ["btrfs", "qgroup", "show", "--raw", str(pool.root)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=600,
+        )
+
+    indexed = build_registry(pool, "bench.btrfs.csi")
+    unindexed = build_registry(pool, "bench.btrfs.csi", index=False)
+    few = max(3, repeat // 5)
+    cold = median_ms(lambda: render(build_registry(pool, "bench.btrfs.csi").registry), few)
+    render(indexed.registry)  # warm the index
+    families = list(indexed.collector.collect())
+
+    class Frozen(Collector):
+        """The metrics of one scrape again: the cost of the text exposition alone."""
+
+        def collect(self) -> Iterable[Metric]:
+            return families
+
+    frozen = CollectorRegistry()
+    frozen.register(Frozen())
+    return {
+        "scrape": median_ms(lambda: render(indexed.registry), repeat),
+        "generate_latest": median_ms(lambda: generate_latest(indexed.registry), few),
+        "cold": cold,
+        "unindexed": median_ms(lambda: render(unindexed.registry), few),
+        "usage_all": median_ms(pool.usage_all, repeat),
+        "list": median_ms(lambda: (pool.list_volumes(), pool.list_snapshots()), few),
+        "exposition": median_ms(lambda: render(frozen), repeat),
+        "show": median_ms(show, repeat),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="10,100,1000,10000")
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--quota-mode", choices=("simple", "full"), default="simple")
+    parser.add_argument("--pool-size", type=int, default=8 << 30, help="bytes of the sparse loop image")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_scrape: needs root (loop device, mkfs.btrfs, mount)", file=sys.stderr)
+        return 2
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+
+    rows = []
+    with loop_pool(size=args.pool_size, prefix="btrfs-csi-bench-") as mount:
+        pool = Pool.open(mount, quota_mode=args.quota_mode, overprovision=1000.0)
+        have = 0
+        for volumes in sizes:
+            started = time.perf_counter()
+            grow(pool, volumes, have)
+            pool.sync()
+            created = time.perf_counter() - started
+            print(
+                f"# {volumes} volumes: created {volumes - have} (+ snapshots) in {created:.1f} s,"
+                f" {created / max(1, volumes - have) * 1000:.2f} ms each",
+                file=sys.stderr,
+                flush=True,
+            )
+            have = volumes
+            rows.append((volumes, (volumes + 9) // 10, measure(pool, args.repeat)))
+
+    print(f"\nquota mode {args.quota_mode}, kernel {os.uname().release}, median of {args.repeat} runs (ms)\n")
+    header = (
+        "| volumes | snapshots | qgroup show | scrape | scrape/show | µs/volume | via generate_latest"
+        " | cold scrape | unindexed | unindexed/show | usage_all | list | exposition |"
+    )
+    print(header)
+    print("|" + "---:|" * (header.count("|") - 1))
+    for volumes, snapshots, m in rows:
+        print(
+            f"| {volumes:,} | {snapshots:,} | {m['show']:.2f} | {m['scrape']:.2f} |"
+            f" {m['scrape'] / m['show']:.2f} | {m['scrape'] * 1000 / volumes:.1f} |"
+            f" {m['generate_latest']:.2f} | {m['cold']:.2f} | {m['unindexed']:.2f} |"
+            f" {m['unindexed'] / m['show']:.2f} | {m['usage_all']:.2f} | {m['list']:.2f} |"
+            f" {m['exposition']:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The reconciler: rescans, stale qgroups, staging debris; failures logged, never raised."""
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from btrfs_core.pool import Pool
+from btrfs_exporter import build_registry
+from btrfs_exporter.reconciler import Reconciler, ReconcilerMetrics
+from tests.exporter.helpers import btrfs, kernel_qgroups, write_file
+
+MiB = 1 << 20
+DRIVER = "btrfs.csi.test"
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    found = registry.get_sample_value(name, labels)
+    assert found is not None, f"{name}{labels} not exported"
+    return found
+
+
+@pytest.mark.kernel
+def test_stale_qgroups_are_counted_and_removed_when_the_kernel_lets_go(btrfs_mount: Path) -> None:
+    # Simple quotas: a deleted volume's qgroup stays while a snapshot holds extents charged to it
+    # (the kernel refuses to remove it), and becomes removable once the snapshot is gone too.
+    pool = Pool.open(btrfs_mount, quota_mode="simple")
+    metrics = build_registry(pool, DRIVER)
+    reconciler = metrics.reconciler()
+    registry = metrics.registry
+    volume = pool.create_volume("vol", 32 * MiB)
+    write_file(pool.volume_path(volume.id) / "f", 4 * MiB)
+    pool.create_snapshot("snap", volume.id)
+    pool.delete_volume(volume.id)
+    btrfs("subvolume", "sync", str(btrfs_mount))
+    pool.sync()
+
+    reconciler.run_once()
+    assert value(registry, "btrfs_csi_pool_stale_qgroups") == 1
+    assert value(registry, "btrfs_csi_stale_qgroups_removed_total") == 0
+    assert volume.subvolume_id in kernel_qgroups(btrfs_mount)
+
+    pool.delete_snapshot("snap")
+    btrfs("subvolume", "sync", str(btrfs_mount))
+    pool.sync()
+    reconciler.run_once()
+    assert value(registry, "btrfs_csi_pool_stale_qgroups") == 1
+    assert value(registry, "btrfs_csi_stale_qgroups_removed_total") == 1
+    assert value(registry, "btrfs_csi_reconciler_actions_total", action="remove_stale_qgroup") == 1
+    assert volume.subvolume_id not in kernel_qgroups(btrfs_mount)
+
+    reconciler.run_once()
+    assert value(registry, "btrfs_csi_pool_stale_qgroups") == 0
+    assert value(registry, "btrfs_csi_reconciler_rounds_total") == 3
+    for step in ("quota_consistency", "stale_qgroups", "staging"):
+        assert value(registry, "btrfs_csi_reconciler_errors_total", step=step) == 0
+
+
+@pytest.mark.kernel
+def test_staging_debris_is_cleared(pool: Pool) -> None:
+    metrics = build_registry(pool, DRIVER)
+    btrfs("subvolume", "create", str(pool.staging_dir / "crashed.0123abcd"))
+    (pool.staging_dir / "stray-file").write_text("left by a crash")
+    metrics.reconciler().run_once()
+    assert list(pool.staging_dir.iterdir()) == []
+    assert value(metrics.registry, "btrfs_csi_reconciler_actions_total", action="clear_staging") == 2
+
+
+@pytest.mark.kernel
+def test_in_flight_creates_are_never_cleared(pool: Pool) -> None:
+    # Pool.create_volume holds the pool lock for its whole staging phase and clear_staging takes the
+    # same lock: a reconciler running flat out must never see (and delete) a volume being built.
+    metrics = build_registry(pool, DRIVER)
+    reconciler = metrics.reconciler(interval=0.001)
+    reconciler.start()
+    try:
+        for i in range(40):
+            pool.create_volume(f"v{i}", 2 * MiB)
+            pool.create_snapshot(f"s{i}", f"v{i}")
+    finally:
+        assert reconciler.stop(timeout=30)
+    assert len(pool.list_volumes()) == 40
+    assert len(pool.list_snapshots()) == 40
+    registry = metrics.registry
+    assert value(registry, "btrfs_csi_reconciler_rounds_total") > 1
+    assert value(registry, "btrfs_csi_reconciler_actions_total", action="clear_staging") == 0
+    assert value(registry, "btrfs_csi_reconciler_errors_total", step="staging") == 0
+
+
+@pytest.mark.kernel
+def test_in_flight_deletes_are_never_cleared(pool: Pool) -> None:
+    pool.create_volume("doomed", 2 * MiB)
+    real_delete = pool._fs.delete_subvolume
+    trashed, resume = threading.Event(), threading.Event()
+
+    def paused_delete(path: Path) -> None:
+        if threading.current_thread().name == "deleter":
+            trashed.set()
+            resume.wait(30)
+        real_delete(path)
+
+    pool._fs.delete_subvolume = paused_delete  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    def delete() -> None:
+        try:
+            pool.delete_volume("doomed")
+        except BaseException as exc:
+            failures.append(exc)
+
+    deleter = threading.Thread(target=delete, name="deleter")
+    deleter.start()
+    try:
+        assert trashed.wait(30)
+        metrics = build_registry(pool, DRIVER)
+        metrics.reconciler().run_once()  # the reconciler's round falls between rename and delete
+    finally:
+        resume.set()
+        deleter.join(30)
+    assert failures == []
+
+
+class _BrokenPool:
+    """Every pool call fails, as on a filesystem that went away."""
+
+    root = Path("/nonexistent/pool")
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: object, **kwargs: object) -> None:
+            raise OSError(5, f"Input/output error in {name}")
+
+        return fail
+
+
+def test_failures_are_logged_and_counted_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    pool = cast(Pool, _BrokenPool())
+    reconciler = Reconciler(pool, ReconcilerMetrics(registry), interval=0.01)
+    reconciler.run_once()
+    for step in ("quota_consistency", "stale_qgroups", "staging"):
+        assert value(registry, "btrfs_csi_reconciler_errors_total", step=step) == 1
+    assert "Input/output error in quota_status" in caplog.text
+    assert "Input/output error in clear_staging" in caplog.text
+    assert reconciler.rounds_done.acquire(timeout=0)  # the round above
+
+    reconciler.start()  # the thread survives failing rounds and keeps going
+    try:
+        for _ in range(3):
+            assert reconciler.rounds_done.acquire(timeout=10)
+    finally:
+        assert reconciler.stop(timeout=10)
+    assert value(registry, "btrfs_csi_reconciler_errors_total", step="staging") >= 4
+
+
+def test_stop_is_prompt_even_with_a_long_interval() -> None:
+    registry = CollectorRegistry()
+    reconciler = Reconciler(cast(Pool, _BrokenPool()), ReconcilerMetrics(registry), interval=3600)
+    reconciler.start()
+    assert reconciler.rounds_done.acquire(timeout=10)  # the first round runs at once
+    started = time.monotonic()
+    assert reconciler.stop(timeout=10)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ValueError):
+        Reconciler(cast(Pool, _BrokenPool()), ReconcilerMetrics(CollectorRegistry()), interval=0)

@@ -1,0 +1,93 @@
+"""The /metrics HTTP endpoint: address parsing, serving a registry, stopping."""
+
+import gzip
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from btrfs_exporter.exposition import GaugeRows, LabelSet
+from btrfs_exporter.rpc import RpcMetrics
+from btrfs_exporter.server import MetricsServer, parse_address, start_metrics_server
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:9842", ("127.0.0.1", 9842)),
+        (":9842", ("0.0.0.0", 9842)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("[::1]:9842", ("::1", 9842)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
+def test_parse_address(address: str, expected: tuple[str, int]) -> None:
+    assert parse_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["9842", "host:", "host:port", "::1:9842", "h:70000", ""])
+def test_parse_address_refuses(address: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(address)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[MetricsServer, str]]:
+    registry = CollectorRegistry()
+    RpcMetrics(registry).duration.labels("Probe", "OK").observe(0.001)
+    server = start_metrics_server("127.0.0.1:0", registry)
+    try:
+        yield server, f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+def get(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_serves_its_registry(served: tuple[MetricsServer, str]) -> None:
+    _, base = served
+    status, headers, body = get(f"{base}/metrics")
+    assert status == 200
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert b'btrfs_csi_rpc_duration_seconds_count{code="OK",method="Probe"} 1.0' in body
+    assert int(headers["Content-Length"]) == len(body)
+
+
+def test_gzip_when_accepted_and_404_elsewhere(served: tuple[MetricsServer, str]) -> None:
+    _, base = served
+    status, headers, body = get(f"{base}/metrics", **{"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert b"btrfs_csi_rpc_in_flight 0.0" in gzip.decompress(body)
+    assert get(f"{base}/favicon.ico")[0] == 404
+
+
+def test_stop_closes_the_port() -> None:
+    server = start_metrics_server(("127.0.0.1", 0), CollectorRegistry())  # as csi.config parses it
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    assert get(url)[0] == 200
+    server.stop()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_row_families_refuse_unsorted_labels_and_direct_samples() -> None:
+    with pytest.raises(ValueError):
+        GaugeRows("x_bytes", "x", ("volume_id", "pvc_name"))
+    family = GaugeRows("x_bytes", "x", ("a", "b"))
+    family.labels.append(LabelSet(("a", "b"), ("1", 'tw"o')))
+    family.values.append(3)
+    assert [(s.labels, s.value) for s in family.samples] == [({"a": "1", "b": 'tw"o'}, 3.0)]
+    assert family.labels[0].text == 'a="1",b="tw\\"o"'
+    with pytest.raises(ValueError):
+        LabelSet(("a",), ("1", "2"))
+    with pytest.raises(TypeError):
+        family.samples = list(family.samples)
