@@ -376,15 +376,17 @@ class Pool:
                     self._trash.discard(trash)
         self._commit.commit()
 
-    def expand_volume(self, volume_id: str, capacity: int) -> Volume:
-        """Raises a volume's limit; asking for less than it has is refused, the same is a no-op."""
+    def expand_volume(self, volume_id: str, capacity: int, limit: int | None = None) -> Volume:
+        """Raises a volume's limit to at least `capacity` bytes. Volumes never shrink: one that has as
+        much already is left as it is, unless that is more than `limit`, which is refused."""
         _check_capacity(capacity)
         with self._lock:
             path = self.volume_path(volume_id)
             volume = self._volume_at(path)
-            if capacity < volume.capacity:
+            if limit is not None and volume.capacity > limit:
                 raise CapacityOutOfRange(
-                    f"volume {volume_id} has {volume.capacity} bytes: shrinking to {capacity} is refused"
+                    f"volume {volume_id} has {volume.capacity} bytes, more than the limit {limit}: "
+                    "volumes never shrink"
                 )
             if capacity > volume.capacity:
                 try:

@@ -84,19 +84,18 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = v.required_id(request.volume_id, "volume_id")
         path = v.required_path(request.volume_path, "volume_path")
-        capacity = v.expansion_capacity(
-            request.capacity_range if request.HasField("capacity_range") else None
-        )
+        wanted = v.expansion_capacity(request.capacity_range if request.HasField("capacity_range") else None)
         if request.HasField("volume_capability"):
             reason = v.capability(request.volume_capability, "volume_capability").unsupported()
             if reason:
                 raise invalid(f"volume_capability: {reason}")
         with self._locks.hold(volume_key(volume_id)):
             mounts.check_published(self._pool.volume_path(volume_id), path)
-            if capacity is None:
+            if wanted is None:
                 volume = self._pool.get_volume(volume_id)  # no size asked for: report the one it has
             else:
-                volume = self._pool.expand_volume(volume_id, capacity)
+                # At or below its size already: OK with the size it has (spec); never a shrink.
+                volume = self._pool.expand_volume(volume_id, *wanted)
         return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=volume.capacity)
 
     def NodeGetCapabilities(

@@ -147,12 +147,14 @@ def fits_range(capacity: int, capacity_range: csi_pb2.CapacityRange | None) -> b
 
 def expansion_capacity(
     capacity_range: csi_pb2.CapacityRange | None, field: str = "capacity_range"
-) -> int | None:
-    """The capacity an expansion asks for, or None when it leaves the choice to the plugin."""
+) -> tuple[int, int | None] | None:
+    """The capacity an expansion asks for and its limit, or None when it leaves the choice to the plugin."""
     if capacity_range is None:
         return None
     required, limit = _range_bounds(capacity_range, field)
-    return required or limit or None
+    if not required and not limit:
+        return None
+    return required or limit, limit or None
 
 
 # capabilities

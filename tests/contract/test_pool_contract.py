@@ -160,8 +160,9 @@ def test_expand_raises_only(pool: Pool) -> None:
     assert pool.expand_volume("v", 4 * MiB).capacity == 4 * MiB
     assert pool.expand_volume("v", 6 * MiB).capacity == 6 * MiB
     assert pool.volume_usage("v").limit == 6 * MiB
+    assert pool.expand_volume("v", 5 * MiB).capacity == 6 * MiB  # never shrinks
     with pytest.raises(CapacityOutOfRange):
-        pool.expand_volume("v", 5 * MiB)
+        pool.expand_volume("v", 5 * MiB, limit=5 * MiB)
     with pytest.raises(NotFound):
         pool.expand_volume("gone", 8 * MiB)
 

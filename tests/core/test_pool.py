@@ -167,8 +167,9 @@ def test_expand_raises_only(env: Env) -> None:
     grown = env.pool.expand_volume("pvc-expand", 32 * MiB)
     assert grown.capacity == 32 * MiB and _limit(env.mount, volume.subvolume_id) == 32 * MiB
     assert Pool.open(env.mount).get_volume("pvc-expand").capacity == 32 * MiB
+    assert env.pool.expand_volume("pvc-expand", 24 * MiB).capacity == 32 * MiB  # never shrinks
     with pytest.raises(CapacityOutOfRange):
-        env.pool.expand_volume("pvc-expand", 24 * MiB)
+        env.pool.expand_volume("pvc-expand", 24 * MiB, limit=24 * MiB)
     with pytest.raises(InsufficientCapacity):
         env.pool.expand_volume("pvc-expand", 2 * env.pool.fs_usage().size)
     assert _limit(env.mount, volume.subvolume_id) == 32 * MiB

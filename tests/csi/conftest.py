@@ -57,10 +57,11 @@ class Client:
     identity: csi_pb2_grpc.IdentityStub
     controller: csi_pb2_grpc.ControllerStub
     node: csi_pb2_grpc.NodeStub
-    driver: Driver
+    driver: Driver | None = None  # None: the driver runs in another process (tests/stress)
 
     @property
     def pool(self) -> Pool:
+        assert self.driver is not None, "the driver runs in another process: its pool is not here"
         return self.driver.pool
 
     def create_volume(self, name: str, capacity: int = 16 * MiB, **fields: Any) -> csi_pb2.Volume:

@@ -342,7 +342,14 @@ def test_expand_errors(kcsi: Client, tmp_path: Path) -> None:
     assert code_of(expand, expand_request("no-such-volume", target, 32 * MiB)) == NOT_FOUND
     assert code_of(expand, expand_request(other.volume_id, target, 32 * MiB)) == NOT_FOUND  # not its mount
     assert code_of(expand, expand_request(volume.volume_id, tmp_path / "nowhere", 32 * MiB)) == NOT_FOUND
-    assert code_of(expand, expand_request(volume.volume_id, target, 8 * MiB)) == grpc.StatusCode.OUT_OF_RANGE
+    # Smaller than it is: OK with the size it has (the spec's SHOULD); a limit below it is refused.
+    assert expand(expand_request(volume.volume_id, target, 8 * MiB)).capacity_bytes == 16 * MiB
+    shrink = csi_pb2.NodeExpandVolumeRequest(
+        volume_id=volume.volume_id,
+        volume_path=str(target),
+        capacity_range=csi_pb2.CapacityRange(required_bytes=4 * MiB, limit_bytes=8 * MiB),
+    )
+    assert code_of(expand, shrink) == grpc.StatusCode.OUT_OF_RANGE
     assert code_of(expand, expand_request(volume.volume_id, target, -1)) == grpc.StatusCode.OUT_OF_RANGE
     block = csi_pb2.VolumeCapability(
         block=csi_pb2.VolumeCapability.BlockVolume(),

@@ -106,8 +106,9 @@ def test_fits_range() -> None:
 def test_expansion_capacity() -> None:
     assert v.expansion_capacity(None) is None
     assert v.expansion_capacity(rng()) is None
-    assert v.expansion_capacity(rng(5)) == 5
-    assert v.expansion_capacity(rng(0, 7)) == 7
+    assert v.expansion_capacity(rng(5)) == (5, None)
+    assert v.expansion_capacity(rng(0, 7)) == (7, 7)
+    assert v.expansion_capacity(rng(5, 7)) == (5, 7)
     with pytest.raises(CsiError):
         v.expansion_capacity(rng(-1))
 
