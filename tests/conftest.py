@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,3 +29,11 @@ def btrfs_mount() -> Iterator[Path]:
         pytest.skip(reason)
     with loop_pool() as mountpoint:
         yield mountpoint
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

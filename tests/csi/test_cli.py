@@ -1,5 +1,6 @@
 """`btrfs-csi serve` as a real process: refusals are one line with exit code 2, SIGTERM stops it cleanly."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -71,11 +72,11 @@ def test_non_btrfs_pool_is_refused_with_the_reason(tmp_path: Path, socket_dir: P
     assert_refused(run(*serve_args(socket_dir / "csi.sock", tmp_path / "missing")), "not a directory")
 
 
-@pytest.fixture
-def running(btrfs_mount: Path, socket_dir: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    socket = socket_dir / "csi.sock"
+@contextlib.contextmanager
+def served(socket: Path, pool: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """`btrfs-csi serve` in a child process, up once its socket exists; killed if still running after."""
     process = subprocess.Popen(
-        [*command(), *serve_args(socket, btrfs_mount, "--log-format", "json")],
+        [*command(), *serve_args(socket, pool, *extra)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -88,11 +89,18 @@ def running(btrfs_mount: Path, socket_dir: Path) -> Iterator[tuple[subprocess.Po
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the driver did not start: {process.communicate(timeout=10)}")
             time.sleep(0.05)
-        yield process, socket
+        yield process
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=30)
+
+
+@pytest.fixture
+def running(btrfs_mount: Path, socket_dir: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    socket = socket_dir / "csi.sock"
+    with served(socket, btrfs_mount, "--log-format", "json") as process:
+        yield process, socket
 
 
 @pytest.mark.kernel

@@ -1,8 +1,6 @@
 """`btrfs-csi serve --metrics-address`: the driver process serves its own metrics, RPCs included."""
 
 import socket as sockets
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -10,16 +8,10 @@ import grpc
 import pytest
 
 from csi.pb import csi_pb2, csi_pb2_grpc
-from tests.csi.test_cli import REPO, assert_refused, command, environment, run, serve_args
+from tests.conftest import free_port
+from tests.csi.test_cli import assert_refused, run, serve_args, served
 
 MiB = 1 << 20
-
-
-def free_port() -> int:
-    with sockets.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> str:
@@ -31,19 +23,7 @@ def scrape(port: int) -> str:
 @pytest.mark.kernel
 def test_the_served_driver_exports_volumes_and_rpcs(btrfs_mount: Path, socket_dir: Path) -> None:
     socket, port = socket_dir / "csi.sock", free_port()
-    process = subprocess.Popen(
-        [*command(), *serve_args(socket, btrfs_mount, "--metrics-address", f"127.0.0.1:{port}")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=environment(),
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate(timeout=10)
-            time.sleep(0.05)
+    with served(socket, btrfs_mount, "--metrics-address", f"127.0.0.1:{port}") as process:
         with grpc.insecure_channel(f"unix://{socket}") as channel:
             request = csi_pb2.CreateVolumeRequest(
                 name="pvc-metrics",
@@ -72,7 +52,6 @@ def test_the_served_driver_exports_volumes_and_rpcs(btrfs_mount: Path, socket_di
         assert len(limit) == 1 and 'pvc_name="data"' in limit[0] and 'pvc_namespace="ns"' in limit[0]
         assert limit[0].endswith(f" {8 * MiB}.0") or limit[0].endswith(f" {8 * MiB}")
         assert "btrfs_csi_build_info{" in text
-    finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr

@@ -1,7 +1,6 @@
 """A real Prometheus server scrapes a metrics server over a real pool; PromQL sees the kernel's numbers."""
 
 import json
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -13,17 +12,11 @@ import pytest
 
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry, start_metrics_server
+from tests.conftest import free_port
 from tests.exporter.helpers import kernel_qgroups, pvc, require, write_file
 
 MiB = 1 << 20
 pytestmark = pytest.mark.kernel
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def get_json(url: str) -> Any:
