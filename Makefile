@@ -2,7 +2,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint system-deps proto manifests bench image e2e clean
+.PHONY: test demo lint system-deps proto manifests bench stress image e2e clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP) system-deps
 	$(PY) -m bench.bench_core
 	$(PY) -m bench.bench_grpc
 	$(PY) -m bench.bench_scrape
+
+stress: $(STAMP) system-deps
+	BTRFS_CSI_STRESS=1 $(VENV)/bin/pytest -q -ra tests/stress
+	$(PY) -m bench.bench_scale
 
 manifests: $(STAMP)
 	tools/render-manifests

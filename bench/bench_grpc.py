@@ -126,7 +126,7 @@ def measure(existing: int, samples: int) -> dict[str, float]:
 
         def unpublish_all() -> None:
             for volume_id, target in published:
-                mounts.unpublish(pool.volume_path(volume_id), target)
+                mounts.unpublish(pool.volume_path(volume_id), target, pool_root=pool.root)
 
         cleanup.callback(unpublish_all)
         publish_samples = []

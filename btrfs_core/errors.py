@@ -29,6 +29,10 @@ class InUse(BtrfsCoreError):
     """The object is busy and cannot be changed now."""
 
 
+class QuotaDisabled(BtrfsCoreError):
+    """Quotas are off on the pool (disabled behind the driver's back): no capacity can be enforced."""
+
+
 class OperationPending(BtrfsCoreError):
     """Another operation on the same object is in progress."""
 
@@ -44,3 +48,7 @@ class KernelError(BtrfsCoreError):
         super().__init__(f"{operation}: {detail}")
         self.operation = operation
         self.errno = errno
+
+
+class ReadOnly(KernelError):
+    """EROFS: the pool is mounted read-only (or the subvolume is): a refusal, not a failure."""

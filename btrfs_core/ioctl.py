@@ -15,8 +15,10 @@ from btrfs_core.errors import (
     BtrfsCoreError,
     InsufficientCapacity,
     InUse,
+    InvalidArgument,
     KernelError,
     NotFound,
+    ReadOnly,
 )
 
 u8, u32, u64, s64 = ctypes.c_uint8, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
@@ -150,6 +152,9 @@ _ERRNO_CLASSES: dict[int, type[BtrfsCoreError]] = {
     errno.ENOSPC: InsufficientCapacity,
     errno.EDQUOT: InsufficientCapacity,
     errno.EBUSY: InUse,
+    # A path that cannot be one: too long, or a loop of symlinks (paths come from requests).
+    errno.ENAMETOOLONG: InvalidArgument,
+    errno.ELOOP: InvalidArgument,
 }
 
 
@@ -157,6 +162,8 @@ def error_from_os(operation: str, target: str, exc: OSError) -> BtrfsCoreError:
     """The typed error for a failed syscall: a class callers can act on, the errno kept in the text."""
     code = exc.errno or 0
     detail = f"{target}: {os.strerror(code)}"
+    if code == errno.EROFS:
+        return ReadOnly(operation, code, detail)
     cls = _ERRNO_CLASSES.get(code)
     return cls(f"{operation}: {detail}") if cls else KernelError(operation, code, detail)
 

@@ -202,18 +202,66 @@ def _is_within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def check_target(target: StrPath, pool_root: StrPath) -> str:
-    """The resolved target path, refused when it lies inside the pool or would cover it."""
+# What a pool owns below its root: a target there would be a volume's (or the driver's) directory.
+POOL_DIRECTORIES = ("volumes", "snapshots", ".staging")
+
+
+def _no_symlink_at(raw: str) -> None:
+    # A mount (or rmdir) through a symlink would land where it points, not at the path the CO gave.
+    if os.path.islink(raw):
+        raise InvalidArgument(f"target path {raw} is a symbolic link, not a directory for a mount")
+
+
+def check_target(target: StrPath, pool_root: StrPath, entries: Sequence[MountEntry] | None = None) -> str:
+    """The resolved target path, refused when it lies inside the pool or would cover it.
+
+    Inside the pool means by path (symlinks resolved) or through another mount of the pool's
+    filesystem, such as a volume already published elsewhere: a mount there would change the pool.
+    """
     raw = os.fspath(target)
     if not os.path.isabs(raw):
         raise InvalidArgument(f"target path {raw!r} is not absolute")
+    _no_symlink_at(raw)
     resolved = os.path.realpath(raw)
     root = os.path.realpath(pool_root)
     if _is_within(resolved, root):
         raise InvalidArgument(f"target path {raw} lies inside the pool {root}")
     if _is_within(root, resolved):
         raise InvalidArgument(f"target path {raw} contains the pool {root}: a mount there would hide it")
+    entries = mountinfo() if entries is None else entries
+    # Where the mount point itself lives: in its parent's filesystem (the target may be mounted already).
+    parent, name = os.path.split(resolved)
+    device, inside = location(parent, entries)
+    inside = os.path.join(inside, name)
+    pool_device, pool_inside = location(root, entries)
+    if device == pool_device and any(
+        _is_within(inside, os.path.join(pool_inside, name)) for name in POOL_DIRECTORIES
+    ):
+        raise InvalidArgument(f"target path {raw} lies inside the pool {root} (through a mount of it)")
     return resolved
+
+
+def _make_target_directory(resolved: str, raw: str) -> bool:
+    """Creates the target directory; True when made, False when a directory was there already."""
+    try:
+        os.mkdir(resolved, 0o750)
+    except FileExistsError:
+        if not os.path.isdir(resolved) or os.path.islink(resolved):
+            raise InvalidArgument(f"target path {raw} exists and is not a directory") from None
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP):
+            # The CO makes the target's parent directory; a path that cannot hold one is its mistake.
+            raise InvalidArgument(
+                f"target path {shown_path(raw)} cannot be made: {os.strerror(exc.errno)}"
+            ) from None
+        raise error_from_os("create target directory", str(raw), exc) from None
+    return True
+
+
+def shown_path(path: str, limit: int = 200) -> str:
+    """A path for a message, cut when long (a target may be up to 4 KiB)."""
+    return path if len(path) <= limit else path[:limit] + "..."
 
 
 def _options_of(mount: MountEntry) -> frozenset[str]:
@@ -238,8 +286,8 @@ def publish(
     """
     wanted = frozenset(options)
     mount_flags(wanted)  # refuse unknown options before touching anything
-    resolved = check_target(target, pool_root)
     entries = mountinfo()
+    resolved = check_target(target, pool_root, entries)
     identity = location(source, entries)
     current = mount_at(resolved, entries)
     if current is not None:
@@ -255,15 +303,7 @@ def publish(
         elsewhere = [entry.mount_point for entry in entries if entry.identity == identity]
         if elsewhere:
             raise InUse(f"the volume is already published at {elsewhere[0]} and its access mode allows one")
-    created = False
-    try:
-        os.mkdir(resolved, 0o750)
-        created = True
-    except FileExistsError:
-        if not os.path.isdir(resolved) or os.path.islink(resolved):
-            raise InvalidArgument(f"target path {target} exists and is not a directory") from None
-    except OSError as exc:
-        raise error_from_os("create target directory", str(target), exc) from None
+    created = _make_target_directory(resolved, os.fspath(target))
     try:
         bind_mount(source, resolved, readonly, wanted)
     except BaseException:
@@ -273,22 +313,21 @@ def publish(
     return True
 
 
-def unpublish(source: StrPath, target: StrPath) -> bool:
+def unpublish(source: StrPath, target: StrPath, *, pool_root: StrPath) -> bool:
     """Unmounts the volume at source from target and removes the target directory; True if unmounted.
 
     Nothing mounted at target: only the (empty) directory is removed, so a repeat call succeeds. A
     different filesystem mounted at target is left alone: InUse.
     """
     raw = os.fspath(target)
-    if not os.path.isabs(raw):
-        raise InvalidArgument(f"target path {raw!r} is not absolute")
-    resolved = os.path.realpath(raw)
     entries = mountinfo()
+    # Never a path in the pool: the rmdir below would delete an empty volume or snapshot there.
+    resolved = check_target(raw, pool_root, entries)
     identity = location(source, entries)
     unmounted = False
     # A repeated publish racing itself could stack the same volume twice: take down every layer.
     while (current := mount_at(resolved, entries)) is not None:
-        if current.identity != identity:
+        if not shows(current, identity):
             raise InUse(f"{raw} has {current.root} of {current.device} mounted, not this volume")
         unmount(resolved)
         unmounted = True
@@ -298,12 +337,33 @@ def unpublish(source: StrPath, target: StrPath) -> bool:
     except FileNotFoundError:
         pass
     except NotADirectoryError:
-        raise InUse(f"{raw} is not a directory this driver made") from None
+        raise InUse(f"{shown_path(raw)} is not a directory this driver made") from None
     except OSError as exc:
         if exc.errno == errno.ENOTEMPTY:
             raise InUse(f"{raw} is not empty: something other than this volume was put there") from None
+        if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise InvalidArgument(f"target path {shown_path(raw)}: {os.strerror(exc.errno)}") from None
         raise error_from_os("remove target directory", raw, exc) from None
     return unmounted
+
+
+DELETED_SUFFIX = "//deleted"  # how mountinfo shows the root of a mount whose directory was deleted
+
+
+def shows(mount: MountEntry, identity: tuple[str, str]) -> bool:
+    """Whether a mount shows the directory `identity` (device, path), also after it was deleted."""
+    device, root = identity
+    return mount.device == device and mount.root in (root, root + DELETED_SUFFIX)
+
+
+def published_at(source: StrPath, target: StrPath) -> bool:
+    """Whether target has source mounted on it, even if source's subvolume has been deleted since."""
+    raw = os.fspath(target)
+    if not os.path.isabs(raw) or os.path.islink(raw):
+        return False
+    entries = mountinfo()
+    mount = mount_at(raw, entries)
+    return mount is not None and shows(mount, location(source, entries))
 
 
 def check_published(source: StrPath, path: StrPath) -> None:

@@ -7,9 +7,8 @@ call into the core and builds the response. Core errors become status codes in t
 import grpc
 from google.protobuf import wrappers_pb2
 
-from btrfs_core import mounts
-from btrfs_core.errors import AlreadyExists, InUse, NotFound
-from btrfs_core.models import Source, Volume
+from btrfs_core.errors import AlreadyExists, NotFound
+from btrfs_core.models import Snapshot, Source, Volume
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from csi import validation as v
 from csi.config import Config
@@ -66,18 +65,27 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         with self._locks.hold(volume_key(volume_id)):
             try:
                 volume = self._pool.create_volume(name, capacity, source, v.volume_metadata(parameters))
-            except AlreadyExists:
-                volume = self._compatible_existing(volume_id, name, source, capacity_range)
+            except AlreadyExists as refused:
+                volume = self._compatible_existing(volume_id, name, source, capacity_range, refused)
         return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume))
 
     def _compatible_existing(
-        self, volume_id: str, name: str, source: Source | None, capacity_range: csi_pb2.CapacityRange | None
+        self,
+        volume_id: str,
+        name: str,
+        source: Source | None,
+        capacity_range: csi_pb2.CapacityRange | None,
+        refused: AlreadyExists,
     ) -> Volume:
         """An existing volume of this name that the request accepts, although its capacity differs.
 
         The core compares exact capacities; the spec asks only that the capacity lie in the range.
+        No volume there (something the driver did not make holds the name): the core's refusal stands.
         """
-        existing = self._pool.get_volume(volume_id)
+        try:
+            existing = self._pool.get_volume(volume_id)
+        except NotFound:
+            raise refused from None
         if (
             existing.name == name
             and existing.source == source
@@ -94,13 +102,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.DeleteVolumeResponse:
         volume_id = v.required_id(request.volume_id, "volume_id")
         with self._locks.hold(volume_key(volume_id)):
-            try:
-                published = mounts.published_targets(self._pool.volume_path(volume_id))
-            except NotFound:
-                return csi_pb2.DeleteVolumeResponse()  # already gone: deletion is idempotent
-            if published:
-                # btrfs would delete a bind-mounted subvolume under a running workload.
-                raise InUse(f"volume {volume_id} is still published at {published[0]}")
+            # Absent is OK (idempotent); still published is FAILED_PRECONDITION (the core refuses it).
             self._pool.delete_volume(volume_id)
         return csi_pb2.DeleteVolumeResponse()
 
@@ -132,14 +134,16 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ListVolumesResponse:
         limit = v.max_entries(request.max_entries)
         after = v.parse_page_token(request.starting_token, "volume")
-        page, next_token = v.paginate(self._pool.list_volumes(), lambda volume: volume.id, limit, after)
+        # Page through the IDs first: only the page's volumes are read (10,000 volumes, 20 pages).
+        ids, next_token = v.paginate(self._pool.list_volume_ids(), str, limit, after)
+        page = self._pool.list_volumes(ids)
         Entry, Status = csi_pb2.ListVolumesResponse.Entry, csi_pb2.ListVolumesResponse.VolumeStatus
         entries = [
             Entry(
                 volume=self._volume_message(volume),
-                status=Status(volume_condition=condition_message(self._pool.volume_health(volume.id))),
+                status=Status(volume_condition=condition_message(health)),
             )
-            for volume in page
+            for volume, health in zip(page, self._pool.volumes_health(page), strict=True)
         ]
         return csi_pb2.ListVolumesResponse(entries=entries, next_token=next_token)
 
@@ -213,11 +217,19 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 snapshots = [self._pool.get_snapshot(snapshot_id)]
             except NotFound:
                 snapshots = []  # a filter that matches nothing is an empty list, not an error
+        elif source_volume_id:
+            snapshots = self._pool.list_snapshots()  # the source is in each one's metadata
         else:
-            snapshots = self._pool.list_snapshots()
+            # No filter: page through the IDs first and read only the page's snapshots.
+            ids, next_token = v.paginate(self._pool.list_snapshot_ids(), str, limit, after)
+            return self._snapshots_response(self._pool.list_snapshots(ids), next_token)
         if source_volume_id:
             snapshots = [snapshot for snapshot in snapshots if snapshot.source_volume_id == source_volume_id]
         page, next_token = v.paginate(snapshots, lambda snapshot: snapshot.id, limit, after)
+        return self._snapshots_response(page, next_token)
+
+    @staticmethod
+    def _snapshots_response(page: list[Snapshot], next_token: str) -> csi_pb2.ListSnapshotsResponse:
         entries = [
             csi_pb2.ListSnapshotsResponse.Entry(snapshot=snapshot_message(snapshot)) for snapshot in page
         ]

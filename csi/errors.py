@@ -21,6 +21,8 @@ CORE_ERROR_CODES: Mapping[type[core.BtrfsCoreError], grpc.StatusCode] = MappingP
         core.CapacityOutOfRange: grpc.StatusCode.OUT_OF_RANGE,
         core.InsufficientCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
         core.InUse: grpc.StatusCode.FAILED_PRECONDITION,
+        core.ReadOnly: grpc.StatusCode.FAILED_PRECONDITION,
+        core.QuotaDisabled: grpc.StatusCode.FAILED_PRECONDITION,
         core.Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )

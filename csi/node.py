@@ -7,6 +7,7 @@ straight onto the target and staging_target_path is unused.
 import grpc
 
 from btrfs_core import mounts
+from btrfs_core.errors import NotFound
 from btrfs_core.pool import Pool
 from csi import validation as v
 from csi.config import Config
@@ -54,7 +55,15 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         volume_id = v.required_id(request.volume_id, "volume_id")
         target = v.required_path(request.target_path, "target_path")
         with self._locks.hold(volume_key(volume_id), target_key(target)):
-            mounts.unpublish(self._pool.volume_path(volume_id), target)
+            try:
+                source = self._pool.volume_path(volume_id)
+            except NotFound:
+                # Deleted behind the driver's back while published: its mount still holds the pod, so
+                # take it down all the same. Nothing of it mounted there: the volume is unknown.
+                source = self._pool.volume_location(volume_id)
+                if not mounts.published_at(source, target):
+                    raise
+            mounts.unpublish(source, target, pool_root=self._pool.root)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def NodeGetVolumeStats(

@@ -150,9 +150,20 @@ def _socket_in_use(path: Path) -> bool:
         return True
 
 
+def _make_directories(directory: Path) -> None:
+    """Makes the missing directories of a path, none writable by group or others whatever the umask:
+    whoever may write in the socket's directory may replace the socket with one of their own."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o755, exist_ok=True)
+
+
 def prepare_socket_path(path: Path) -> None:
     """Makes the socket's directory and removes a stale socket; refuses to replace anything else."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_directories(path.parent)
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from btrfs_core import quota
 from btrfs_core.backend import KernelBackend
 from btrfs_core.errors import (
     AlreadyExists,
     CapacityOutOfRange,
     InsufficientCapacity,
+    InUse,
     InvalidArgument,
     NotFound,
+    QuotaDisabled,
 )
 from btrfs_core.fake import FakeBackend
 from btrfs_core.models import QuotaMode, Source, SourceKind
@@ -209,3 +212,44 @@ def test_health(pool: Pool, backend: Backends) -> None:
     backend.delete_subvolume(pool.volume_path("v"))
     health = pool.volume_health("v")
     assert health.abnormal and "missing" in health.message
+
+
+def test_only_one_exclusive_open_at_a_time(pool: Pool, backend: Backends) -> None:
+    first = Pool.open(pool.root, backend=backend, exclusive=True)
+    with pytest.raises(InUse, match="another process"):
+        Pool.open(pool.root, backend=backend, exclusive=True)
+    Pool.open(pool.root, backend=backend)  # readers are not kept out
+    first.close()
+    Pool.open(pool.root, backend=backend, exclusive=True).close()
+
+
+def test_names_held_by_something_else_are_refused_and_left_alone(pool: Pool, backend: Backends) -> None:
+    pool.create_volume("mine", 4 * MiB)
+    backend.create_subvolume(pool.volumes_dir / "alien")  # a subvolume without the driver's metadata
+    (pool.volumes_dir / "plain").mkdir()
+    (pool.volumes_dir / "plain" / "data").write_text("not a volume")
+    (pool.volumes_dir / "empty").mkdir()
+    (pool.snapshots_dir / "stray").write_text("not a snapshot")
+    before = tree(pool.root)
+    for name in ("alien", "plain", "empty"):
+        with pytest.raises(AlreadyExists, match="did not make"):
+            pool.create_volume(name, 4 * MiB)
+    with pytest.raises(AlreadyExists, match="did not make"):
+        pool.create_snapshot("stray", "mine")
+    assert tree(pool.root) == before
+    assert [v.id for v in pool.list_volumes()] == ["mine"] and pool.list_snapshots() == []
+
+
+def test_quotas_turned_off_behind_the_pools_back_refuse_limits(pool: Pool, backend: Backends) -> None:
+    pool.create_volume("v", 4 * MiB)
+    if isinstance(backend, FakeBackend):
+        backend.mode = QuotaMode.OFF
+    else:
+        quota.disable(backend.root)
+    with pytest.raises(QuotaDisabled, match="quotas are off"):
+        pool.create_volume("w", 4 * MiB)
+    with pytest.raises(QuotaDisabled):
+        pool.expand_volume("v", 8 * MiB)
+    assert "quotas are off" in pool.volume_health("v").message
+    assert os.listdir(pool.staging_dir) == [] and [v.id for v in pool.list_volumes()] == ["v"]
+    assert Pool.open(pool.root, backend=backend).quota_status().mode is not QuotaMode.OFF  # on again

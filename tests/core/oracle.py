@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from btrfs_core import filesystem, ioctl, subvolume
+from btrfs_core import filesystem, ioctl, quota, subvolume
 
 # Subvolumes deleted but not yet dropped by the cleaner: ORPHAN_OBJECTID (-5) items in the root tree.
 ORPHAN_OBJECTID = ioctl.U64_MAX - 4
@@ -154,8 +154,13 @@ def orphans(mount: Path) -> list[int]:
         return [offset for _objectid, _type, offset, _data in items]
 
 
-def settle(mount: Path, timeout: float = 30.0) -> None:
-    """Commits, and waits until the cleaner has dropped every deleted subvolume."""
+def settle(mount: Path, timeout: float = 30.0, qgroup_grace: float = 1.0) -> None:
+    """Commits, and waits until the cleaner has dropped every deleted subvolume, and their qgroups.
+
+    The kernel (6.11+) removes a dropped subvolume's empty qgroup a moment after its orphan item
+    goes, so empty qgroups without a subvolume are waited for too, up to `qgroup_grace` seconds:
+    under simple quotas one may stay for good (a qgroup whose charge ran out after its subvolume went).
+    """
     deadline = time.monotonic() + timeout
     while True:
         filesystem.sync(mount)
@@ -165,6 +170,20 @@ def settle(mount: Path, timeout: float = 30.0) -> None:
             raise AssertionError(f"the cleaner did not drop {orphans(mount)} in {timeout} s")
         time.sleep(0.02)
     filesystem.sync(mount)
+    grace = time.monotonic() + qgroup_grace
+    while time.monotonic() < grace and empty_stale_qgroups(mount):
+        time.sleep(0.02)
+        filesystem.sync(mount)
+
+
+def empty_stale_qgroups(mount: Path) -> set[int]:
+    """Level-0 qgroups of subvolumes that no longer exist, with nothing charged to them."""
+    live = subvolume.list_all(mount)
+    return {
+        qgroupid
+        for qgroupid, usage in quota.usage_all(mount).items()
+        if qgroupid >= ioctl.FIRST_FREE_OBJECTID and qgroupid not in live and usage.referenced == 0
+    }
 
 
 def tree(root: Path) -> list[tuple[str, int, bool]]:

@@ -14,12 +14,15 @@ EXPECTED = {
     core.CapacityOutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     core.InsufficientCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
     core.InUse: grpc.StatusCode.FAILED_PRECONDITION,
+    core.QuotaDisabled: grpc.StatusCode.FAILED_PRECONDITION,
     core.Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
 def test_table_is_the_designed_one() -> None:
-    assert dict(CORE_ERROR_CODES) == EXPECTED
+    designed: dict[type[core.BtrfsCoreError], grpc.StatusCode] = dict(EXPECTED)
+    designed[core.ReadOnly] = grpc.StatusCode.FAILED_PRECONDITION  # a KernelError: built with an errno
+    assert dict(CORE_ERROR_CODES) == designed
 
 
 def test_every_refusal_class_of_the_core_has_a_row() -> None:
@@ -33,6 +36,12 @@ def test_every_refusal_class_of_the_core_has_a_row() -> None:
 @pytest.mark.parametrize(("cls", "code"), EXPECTED.items())
 def test_status_for_core_errors(cls: type[core.BtrfsCoreError], code: grpc.StatusCode) -> None:
     assert status_for(cls("volume x: why")) == (code, "volume x: why")
+
+
+def test_a_read_only_pool_is_a_refusal_not_a_failure() -> None:
+    # EROFS is a KernelError that carries its errno, and the one kernel error with a code of its own.
+    refused = core.ReadOnly("subvolume create", 30, "/pool/.staging/x: Read-only file system")
+    assert status_for(refused) == (grpc.StatusCode.FAILED_PRECONDITION, str(refused))
 
 
 def test_subclasses_inherit_their_parents_code() -> None:

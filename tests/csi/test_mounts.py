@@ -1,5 +1,6 @@
 """btrfs_core.mounts: mountinfo parsing and path checks (no root), bind mounts on a real btrfs (kernel)."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -96,8 +97,8 @@ def test_publish_with_spaces_in_the_target_path(kernel_pool: Pool, volume: Path,
     assert mounts.mounted_source(target) == mounts.location(volume)
     mounts.check_published(volume, target)
     assert mounts.published_targets(volume) == [str(target)]
-    assert mounts.unpublish(volume, target) is True
-    assert mounts.unpublish(volume, target) is False
+    assert mounts.unpublish(volume, target, pool_root=kernel_pool.root) is True
+    assert mounts.unpublish(volume, target, pool_root=kernel_pool.root) is False
     assert not target.exists() and mounts.published_targets(volume) == []
 
 
@@ -123,7 +124,7 @@ def test_foreign_mount_at_the_target_is_left_alone(kernel_pool: Pool, volume: Pa
         with pytest.raises(AlreadyExists):
             mounts.publish(volume, target, readonly=False, exclusive=False, pool_root=kernel_pool.root)
         with pytest.raises(InUse):
-            mounts.unpublish(volume, target)
+            mounts.unpublish(volume, target, pool_root=kernel_pool.root)
         assert mounts.mount_at(target).fstype == "tmpfs"  # type: ignore[union-attr]
         with pytest.raises(NotFound):
             mounts.check_published(volume, target)
@@ -138,3 +139,76 @@ def test_a_file_at_the_target_is_refused(kernel_pool: Pool, volume: Path, tmp_pa
     with pytest.raises(InvalidArgument):
         mounts.publish(volume, target, readonly=False, exclusive=True, pool_root=kernel_pool.root)
     assert target.read_text() == "not a directory"
+
+
+@pytest.fixture
+def published(kernel_pool: Pool, volume: Path, tmp_path: Path) -> Path:
+    """The volume published at tmp_path/t; the target."""
+    target = tmp_path / "t"
+    mounts.publish(volume, target, readonly=False, exclusive=True, pool_root=kernel_pool.root)
+    return target
+
+
+@pytest.mark.kernel
+def test_a_published_volume_is_not_deleted_by_the_core(
+    kernel_pool: Pool, volume: Path, published: Path
+) -> None:
+    target = published
+    with pytest.raises(InUse, match="still published"):
+        kernel_pool.delete_volume("pvc-1")
+    assert kernel_pool.get_volume("pvc-1")
+    mounts.unpublish(volume, target, pool_root=kernel_pool.root)
+    kernel_pool.delete_volume("pvc-1")
+
+
+@pytest.mark.kernel
+def test_targets_that_are_symlinks_or_cannot_be_made_are_invalid(
+    kernel_pool: Pool, volume: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "dir")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    publish = dict(readonly=False, exclusive=False, pool_root=kernel_pool.root)
+    for bad in ("link", "dangling", "x" * 300, "missing/t", "file/t"):
+        with pytest.raises(InvalidArgument):
+            mounts.publish(volume, tmp_path / bad, **publish)  # type: ignore[arg-type]
+    for bad in ("link", "dangling"):
+        with pytest.raises(InvalidArgument):
+            mounts.unpublish(volume, tmp_path / bad, pool_root=kernel_pool.root)
+    assert sorted(os.listdir(tmp_path)) == ["dangling", "dir", "file", "link"]
+
+
+@pytest.mark.kernel
+def test_no_target_inside_the_pool_even_through_a_published_volume(
+    kernel_pool: Pool, volume: Path, tmp_path: Path
+) -> None:
+    other = kernel_pool.volume_path(kernel_pool.create_volume("pvc-2", 16 << 20).id)
+    mounts.publish(other, tmp_path / "other", readonly=False, exclusive=False, pool_root=kernel_pool.root)
+    try:
+        with pytest.raises(InvalidArgument, match="through a mount"):
+            mounts.publish(
+                volume, tmp_path / "other" / "t", readonly=False, exclusive=False, pool_root=kernel_pool.root
+            )
+        # An unpublish in the pool would rmdir an empty volume or snapshot there: refused too.
+        kernel_pool.create_volume("empty", 16 << 20)
+        (other / "sub").mkdir()
+        for target in (kernel_pool.volumes_dir / "empty", tmp_path / "other" / "sub"):
+            with pytest.raises(InvalidArgument):
+                mounts.unpublish(volume, target, pool_root=kernel_pool.root)
+        assert kernel_pool.get_volume("empty")
+        assert os.listdir(other) == ["sub"]
+    finally:
+        mounts.unpublish(other, tmp_path / "other", pool_root=kernel_pool.root)
+
+
+@pytest.mark.kernel
+def test_unpublish_takes_down_a_mount_whose_volume_was_deleted(
+    kernel_pool: Pool, volume: Path, published: Path
+) -> None:
+    target = published
+    subprocess.run(["btrfs", "subvolume", "delete", str(volume)], check=True, capture_output=True, timeout=30)
+    assert mounts.mount_at(target).root.endswith(mounts.DELETED_SUFFIX)  # type: ignore[union-attr]
+    assert mounts.published_at(volume, target)
+    assert mounts.unpublish(volume, target, pool_root=kernel_pool.root) is True
+    assert not target.exists() and not mounts.published_at(volume, target)

@@ -1,0 +1,162 @@
+"""The driver at scale: start-up, ListVolumes and CreateVolume with 10 and with 10,000 volumes (and as many
+snapshots) in one pool, measured through a served `btrfs-csi serve` process.
+
+Run as root (it makes its own sparse loop-device btrfs per scale and removes it, also on failure):
+
+    .venv/bin/python -m bench.bench_scale [--scales 10,10000] [--samples 30] [--starts 3]
+
+For each scale a fresh pool gets that many 1 MiB volumes and one snapshot of each, straight through the
+core (Pool API, a few threads sharing commits). Then the driver serves it in its own process and a gRPC
+client measures:
+
+- start-up: from the process start to the first Probe that answers ready (median of --starts runs);
+- ListVolumes: paging through every volume with max_entries 500 (and ListSnapshots the same);
+- CreateVolume: the median latency of --samples new 1 MiB volumes, one after another.
+
+The table shows each measure at every scale and the largest over the smallest; the target is that
+start-up and CreateVolume stay within 2x between 10 and 10,000 volumes.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from btrfs_core.pool import Pool
+from csi.pb import csi_pb2
+from demo.loop_pool import loop_pool
+from tests.csi.conftest import Client, mount_capability
+from tests.stress.harness import RPC_TIMEOUT, ServedDriver, list_snapshots, list_volumes
+
+MiB = 1 << 20
+GiB = 1 << 30
+PAGE = 500
+TARGET_RATIO = 2.0
+
+
+def pool_size(volumes: int) -> int:
+    """A sparse image big enough for the volumes' limits (1 MiB each) and their metadata."""
+    return max(2 * GiB, (volumes * 2 * MiB) // GiB * GiB + 2 * GiB)
+
+
+def populate(mount: Path, volumes: int, threads: int = 4) -> None:
+    """`volumes` 1 MiB volumes and one snapshot of each, through the Pool API."""
+    pool = Pool.open(mount)
+
+    def make(i: int) -> None:
+        pool.create_volume(f"pvc-{i:05d}", MiB)
+        pool.create_snapshot(f"snap-{i:05d}", f"pvc-{i:05d}")
+
+    with ThreadPoolExecutor(threads) as workers:
+        list(workers.map(make, range(volumes)))
+
+
+@contextmanager
+def scaled_pool(volumes: int) -> Iterator[Path]:
+    with loop_pool(pool_size(volumes), prefix="btrfs-csi-scale-") as mount:
+        populate(mount, volumes)
+        yield mount
+
+
+@dataclass
+class Measures:
+    startup: float  # seconds, median
+    list_volumes: float  # seconds for every page
+    list_snapshots: float
+    create: float  # seconds, median
+    volumes: int
+    snapshots: int
+
+
+def measure(mount: Path, samples: int, starts: int) -> Measures:
+    """Start-up, full listings and CreateVolume latency of a driver serving the pool at mount."""
+    with ServedDriver(mount) as driver:
+        startups = []
+        for _ in range(starts):
+            driver.start()
+            startups.append(driver.wait_ready(timeout=300))
+            driver.stop()
+        driver.start()
+        driver.wait_ready(timeout=300)
+        client = driver.client()
+        started = time.perf_counter()
+        volumes = list_volumes(client, PAGE)
+        listed = time.perf_counter() - started
+        started = time.perf_counter()
+        snapshots = list_snapshots(client, PAGE)
+        listed_snapshots = time.perf_counter() - started
+        creates = [timed_create(client, f"bench-{i}") for i in range(samples)]
+        assert driver.stop() == 0, driver.log_tail()
+    return Measures(
+        statistics.median(startups),
+        listed,
+        listed_snapshots,
+        statistics.median(creates),
+        len(volumes),
+        len(snapshots),
+    )
+
+
+def timed_create(client: Client, name: str) -> float:
+    request = csi_pb2.CreateVolumeRequest(
+        name=name,
+        capacity_range=csi_pb2.CapacityRange(required_bytes=MiB),
+        volume_capabilities=[mount_capability()],
+    )
+    started = time.perf_counter()
+    client.controller.CreateVolume(request, timeout=RPC_TIMEOUT)
+    return time.perf_counter() - started
+
+
+def table(results: dict[int, Measures]) -> str:
+    scales = sorted(results)
+    small, large = results[scales[0]], results[scales[-1]]
+    rows: list[tuple[str, Callable[[Measures], float], bool]] = [
+        ("driver start-up to Probe ready (ms)", lambda m: m.startup * 1000, True),
+        ("CreateVolume median latency (ms)", lambda m: m.create * 1000, True),
+        (f"ListVolumes, every page of {PAGE} (ms)", lambda m: m.list_volumes * 1000, False),
+        (f"ListSnapshots, every page of {PAGE} (ms)", lambda m: m.list_snapshots * 1000, False),
+    ]
+    header = f"{'measure':44}" + "".join(f"{f'{n} volumes':>16}" for n in scales) + f"{'ratio':>9}  target"
+    lines = [header, "-" * len(header)]
+    for label, value, targeted in rows:
+        ratio = value(large) / value(small)
+        verdict = (
+            ("ok" if ratio <= TARGET_RATIO else "MISSED") + f" (<= {TARGET_RATIO:g}x)" if targeted else ""
+        )
+        cells = "".join(f"{value(results[n]):16.1f}" for n in scales)
+        lines.append(f"{label:44}{cells}{ratio:8.2f}x  {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scales", default="10,10000")
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--starts", type=int, default=5)
+    args = parser.parse_args(argv)
+    results = {}
+    for n in (int(s) for s in args.scales.split(",")):
+        started = time.perf_counter()
+        with scaled_pool(n) as mount:
+            made = time.perf_counter() - started
+            results[n] = measure(mount, args.samples, args.starts)
+        assert results[n].volumes == n and results[n].snapshots == n, results[n]
+        print(f"{n} volumes + {n} snapshots: made in {made:.1f} s through the Pool API", flush=True)
+    print()
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
