@@ -225,6 +225,7 @@ def test_only_the_driver_is_privileged(option: str) -> None:
         assert ctx["allowPrivilegeEscalation"] is False, name
         assert ctx["capabilities"]["drop"] == ["ALL"], name
         assert ctx["readOnlyRootFilesystem"] is True, name
+        assert ctx["runAsUser"] == 0, name  # the driver's socket is root's, mode 0600
     for workload in render(option):
         if workload["kind"] == "Deployment":
             for container in containers(workload).values():

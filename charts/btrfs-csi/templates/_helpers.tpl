@@ -100,6 +100,8 @@ set automountServiceAccountToken false so the privileged driver container holds 
 
 {{/* Security context of an unprivileged sidecar. */}}
 {{- define "btrfs-csi.sidecarSecurityContext" -}}
+# The driver's socket is root's with mode 0600: the sidecars connect as uid 0, holding no capability.
+runAsUser: 0
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
