@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from btrfs_core import filesystem, ioctl, quota, subvolume
+from btrfs_core.backend import KernelBackend
+from btrfs_core.models import QuotaMode
 
 # Subvolumes deleted but not yet dropped by the cleaner: ORPHAN_OBJECTID (-5) items in the root tree.
 ORPHAN_OBJECTID = ioctl.U64_MAX - 4
@@ -276,3 +278,43 @@ def power_cut_image(mount: Path, scratch: Path) -> Iterator[Path]:
             yield mountpoint
     finally:
         copy.unlink()
+
+
+class RecordingBackend(KernelBackend):
+    """The kernel backend, recording every call that changes something."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.changes: list[str] = []
+
+    def create_subvolume(self, path: Path) -> None:
+        self.changes.append("create_subvolume")
+        super().create_subvolume(path)
+
+    def snapshot(self, source: Path, path: Path, readonly: bool) -> None:
+        self.changes.append("snapshot")
+        super().snapshot(source, path, readonly)
+
+    def delete_subvolume(self, path: Path) -> None:
+        self.changes.append("delete_subvolume")
+        super().delete_subvolume(path)
+
+    def rename(self, source: Path, destination: Path) -> None:
+        self.changes.append("rename")
+        super().rename(source, destination)
+
+    def set_readonly(self, path: Path, readonly: bool) -> None:
+        self.changes.append("set_readonly")
+        super().set_readonly(path, readonly)
+
+    def enable_quota(self, mode: QuotaMode) -> None:
+        self.changes.append("enable_quota")
+        super().enable_quota(mode)
+
+    def set_limit(self, subvolume_id: int, limit: int | None) -> None:
+        self.changes.append("set_limit")
+        super().set_limit(subvolume_id, limit)
+
+    def sync(self) -> None:
+        self.changes.append("sync")
+        super().sync()

@@ -24,6 +24,7 @@ from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import Pool
 
 from .oracle import (
+    RecordingBackend,
     device_of,
     hash_tree,
     power_cut_image,
@@ -181,48 +182,16 @@ def test_killed_right_after_the_snapshot_leaves_a_complete_snapshot(btrfs_mount:
     assert [p for p in subvolume_paths(btrfs_mount) if p.startswith("snapshots/")] == ["snapshots/snap-b"]
 
 
-class CallLog(KernelBackend):
-    """The kernel backend, logging the calls that change something, in order."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.log: list[str] = []
-
-    def create_subvolume(self, path: Path) -> None:
-        self.log.append("create_subvolume")
-        super().create_subvolume(path)
-
-    def snapshot(self, source: Path, path: Path, readonly: bool) -> None:
-        self.log.append("snapshot")
-        super().snapshot(source, path, readonly)
-
-    def delete_subvolume(self, path: Path) -> None:
-        self.log.append("delete_subvolume")
-        super().delete_subvolume(path)
-
-    def rename(self, source: Path, destination: Path) -> None:
-        self.log.append("rename")
-        super().rename(source, destination)
-
-    def set_limit(self, subvolume_id: int, limit: int | None) -> None:
-        self.log.append("set_limit")
-        super().set_limit(subvolume_id, limit)
-
-    def sync(self) -> None:
-        self.log.append("sync")
-        super().sync()
-
-
 def test_every_change_is_committed_before_the_call_returns(
     btrfs_mount: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = CallLog(btrfs_mount)
+    backend = RecordingBackend(btrfs_mount)
     pool = Pool.open(btrfs_mount, backend=backend)
     device = device_of(btrfs_mount)
     real_setxattr = os.setxattr
 
     def logged_setxattr(*args: Any, **kwargs: Any) -> None:
-        backend.log.append("setxattr")
+        backend.changes.append("setxattr")
         real_setxattr(*args, **kwargs)
 
     monkeypatch.setattr(os, "setxattr", logged_setxattr)
@@ -235,10 +204,10 @@ def test_every_change_is_committed_before_the_call_returns(
         "delete": lambda: pool.delete_volume("pvc-durable"),
     }
     for step, action in steps.items():
-        backend.log.clear()
+        backend.changes.clear()
         action()
-        assert backend.log[-1] == "sync" and len(backend.log) > 1, (step, backend.log)
-        assert backend.log.count("sync") == 1, (step, backend.log)
+        assert backend.changes[-1] == "sync" and len(backend.changes) > 1, (step, backend.changes)
+        assert backend.changes.count("sync") == 1, (step, backend.changes)
         if step in ("create", "restore"):
             # The superblock on the device names a transaction at least as new as the volume.
             created_in = subvolume.info(pool.volumes_dir / ("pvc-durable" if step == "create" else "pvc-r"))

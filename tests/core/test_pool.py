@@ -27,6 +27,7 @@ from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
 
 from .oracle import (
+    RecordingBackend,
     cli_time,
     hash_tree,
     property_ro,
@@ -353,46 +354,6 @@ def test_usage_matches_the_cli(env: Env) -> None:
     assert {k: (u.referenced, u.exclusive, u.limit) for k, u in env.pool.usage_all().items()} == {
         k: (q.referenced, q.exclusive, q.max_referenced) for k, q in shown.items()
     }
-
-
-class RecordingBackend(KernelBackend):
-    """The kernel backend, recording every call that changes something."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.changes: list[str] = []
-
-    def create_subvolume(self, path: Path) -> None:
-        self.changes.append("create_subvolume")
-        super().create_subvolume(path)
-
-    def snapshot(self, source: Path, path: Path, readonly: bool) -> None:
-        self.changes.append("snapshot")
-        super().snapshot(source, path, readonly)
-
-    def delete_subvolume(self, path: Path) -> None:
-        self.changes.append("delete_subvolume")
-        super().delete_subvolume(path)
-
-    def rename(self, source: Path, destination: Path) -> None:
-        self.changes.append("rename")
-        super().rename(source, destination)
-
-    def set_readonly(self, path: Path, readonly: bool) -> None:
-        self.changes.append("set_readonly")
-        super().set_readonly(path, readonly)
-
-    def enable_quota(self, mode: QuotaMode) -> None:
-        self.changes.append("enable_quota")
-        super().enable_quota(mode)
-
-    def set_limit(self, subvolume_id: int, limit: int | None) -> None:
-        self.changes.append("set_limit")
-        super().set_limit(subvolume_id, limit)
-
-    def sync(self) -> None:
-        self.changes.append("sync")
-        super().sync()
 
 
 HOSTILE_IDS = [
