@@ -128,7 +128,6 @@ IOC_QUOTA_CTL = _ioc(_READ | _WRITE, 40, ctypes.sizeof(QuotaCtlArgs))
 IOC_QGROUP_CREATE = _ioc(_WRITE, 42, ctypes.sizeof(QgroupCreateArgs))
 IOC_QGROUP_LIMIT = _ioc(_READ, 43, ctypes.sizeof(QgroupLimitArgs))  # declared _IOR by the header
 IOC_QUOTA_RESCAN = _ioc(_WRITE, 44, ctypes.sizeof(QuotaRescanArgs))
-IOC_QUOTA_RESCAN_STATUS = _ioc(_READ, 45, ctypes.sizeof(QuotaRescanArgs))
 IOC_QUOTA_RESCAN_WAIT = _ioc(_NONE, 46, 0)
 IOC_GET_SUBVOL_INFO = _ioc(_READ, 60, ctypes.sizeof(GetSubvolInfoArgs))
 
@@ -142,7 +141,7 @@ QGROUP_LIMIT_MAX_RFER = 1
 # Trees, item types and objectids (btrfs_tree.h)
 ROOT_TREE, QUOTA_TREE = 1, 8
 FIRST_FREE_OBJECTID, LAST_FREE_OBJECTID = 256, U64_MAX - 255
-ROOT_ITEM_KEY, ROOT_BACKREF_KEY, ROOT_REF_KEY = 132, 144, 156
+ROOT_BACKREF_KEY, ROOT_REF_KEY = 144, 156
 QGROUP_STATUS_KEY, QGROUP_INFO_KEY, QGROUP_LIMIT_KEY = 240, 242, 244
 QGROUP_STATUS_ON, QGROUP_STATUS_RESCAN, QGROUP_STATUS_INCONSISTENT, QGROUP_STATUS_SIMPLE = 1, 2, 4, 8
 

@@ -121,23 +121,28 @@ def mount_at(target: StrPath, entries: Sequence[MountEntry] | None = None) -> Mo
     return _topmost([entry for entry in entries if entry.mount_point == resolved])
 
 
-def location(path: StrPath, entries: Sequence[MountEntry] | None = None) -> tuple[str, str]:
-    """(device, path inside the filesystem) of a path: what a bind mount of it shows as its identity."""
+def mount_of(path: StrPath, entries: Sequence[MountEntry] | None = None) -> MountEntry | None:
+    """The mount a path lies on (symlinks resolved): the visible one with the longest mount point."""
     resolved = os.path.realpath(path)
     entries = mountinfo() if entries is None else entries
     best: list[MountEntry] = []
     for entry in entries:
         point = entry.mount_point
-        if resolved == point or resolved.startswith(point.rstrip("/") + "/"):
+        if _is_within(resolved, point):
             if best and len(point) < len(best[0].mount_point):
                 continue
             if best and len(point) > len(best[0].mount_point):
                 best = []
             best.append(entry)
-    mount = _topmost(best)
+    return _topmost(best)
+
+
+def location(path: StrPath, entries: Sequence[MountEntry] | None = None) -> tuple[str, str]:
+    """(device, path inside the filesystem) of a path: what a bind mount of it shows as its identity."""
+    mount = mount_of(path, entries)
     if mount is None:
         raise NotFound(f"{path} is on no mounted filesystem")
-    inside = os.path.relpath(resolved, mount.mount_point)
+    inside = os.path.relpath(os.path.realpath(path), mount.mount_point)
     root = mount.root if inside == "." else os.path.join(mount.root, inside)
     return mount.device, root
 

@@ -18,7 +18,7 @@ interceptors too.
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import grpc
@@ -117,7 +117,7 @@ class _Call:
         self._metrics.duration.labels(self._method, code).observe(self._duration)
 
 
-def _wrap_unary_response(
+def _timed(
     behavior: Callable[[Any, grpc.ServicerContext], Any], metrics: RpcMetrics, method: str
 ) -> Callable[[Any, grpc.ServicerContext], Any]:
     def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
@@ -128,22 +128,6 @@ def _wrap_unary_response(
             response = behavior(request, context)
             raised = False
             return response
-        finally:
-            call.end(raised)
-
-    return wrapped
-
-
-def _wrap_stream_response(
-    behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], metrics: RpcMetrics, method: str
-) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-    def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        call = _Call(metrics, method, context)
-        call.begin()
-        raised = True
-        try:
-            yield from behavior(request, context)
-            raised = False
         finally:
             call.end(raised)
 
@@ -162,25 +146,11 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown method: grpcio answers UNIMPLEMENTED itself
+        if handler is None or handler.unary_unary is None:
+            return handler  # unknown method (grpcio answers UNIMPLEMENTED), or a kind CSI never uses
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        metrics = self._metrics
-        serializers = (handler.request_deserializer, handler.response_serializer)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, metrics, method), *serializers
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, metrics, method), *serializers
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, metrics, method), *serializers
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_response(handler.stream_stream, metrics, method), *serializers
-            )
-        return handler
+        return grpc.unary_unary_rpc_method_handler(
+            _timed(handler.unary_unary, self._metrics, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -57,10 +57,6 @@ def resource_exhausted(message: str) -> CsiError:
     return CsiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
-def not_found(message: str) -> CsiError:
-    return CsiError(grpc.StatusCode.NOT_FOUND, message)
-
-
 def unimplemented(method: str) -> CsiError:
     return CsiError(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this driver")
 

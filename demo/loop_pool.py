@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from btrfs_core import mounts
+
 DEFAULT_SIZE = 1 << 30
 
 
@@ -41,9 +43,7 @@ def loop_pool(size: int = DEFAULT_SIZE, prefix: str = "btrfs-csi-") -> Iterator[
 def _unmount_all(device: str, mountpoint: Path) -> None:
     # Bind mounts of volumes left by a failed test keep the filesystem busy: detach every mount of
     # this device, newest first, then the pool itself.
-    for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
-        source, target = line.split()[:2]
-        target = target.replace("\\040", " ")
-        if source == device and target != str(mountpoint):
-            subprocess.run(["umount", "--lazy", target], check=False, timeout=60)
+    for entry in reversed(mounts.mountinfo()):
+        if entry.source == device and entry.mount_point != str(mountpoint):
+            subprocess.run(["umount", "--lazy", entry.mount_point], check=False, timeout=60)
     _run("umount", str(mountpoint))
