@@ -629,13 +629,12 @@ class Pool:
             usage = self._fs.usage(subvolume_id)
         except NotFound:
             return VolumeHealth(True, f"volume {volume_id} has no qgroup: its capacity is not enforced")
-        if usage.limit is None:
-            return VolumeHealth(True, f"volume {volume_id} has no qgroup limit: its capacity is not enforced")
-        if usage.referenced + FULL_MARGIN_BYTES >= usage.limit:
-            return VolumeHealth(
-                True, f"volume {volume_id} is full: {usage.referenced} of {usage.limit} bytes used"
-            )
-        return VolumeHealth(False, "volume is healthy")
+        return _usage_health(volume_id, usage)
+
+    def volume_stats(self, volume_id: str) -> tuple[QgroupUsage, VolumeHealth]:
+        """A volume's usage and its health, the qgroup read once (NodeGetVolumeStats, polled often)."""
+        usage = self.volume_usage(volume_id)
+        return usage, self._pool_health() or _usage_health(volume_id, usage)
 
     # housekeeping
 
@@ -702,3 +701,13 @@ def _remove_xattr(path: Path, xattr: str) -> None:
     except OSError as exc:
         if exc.errno != errno.ENODATA:
             raise
+
+
+def _usage_health(volume_id: str, usage: QgroupUsage) -> VolumeHealth:
+    if usage.limit is None:
+        return VolumeHealth(True, f"volume {volume_id} has no qgroup limit: its capacity is not enforced")
+    if usage.referenced + FULL_MARGIN_BYTES >= usage.limit:
+        return VolumeHealth(
+            True, f"volume {volume_id} is full: {usage.referenced} of {usage.limit} bytes used"
+        )
+    return VolumeHealth(False, "volume is healthy")

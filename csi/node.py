@@ -74,7 +74,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         mounts.check_published(self._pool.volume_path(volume_id), path)
         # statfs would show the whole pool; the qgroup is the volume. Counters are those of the last
         # transaction commit (up to the commit interval behind the writes), as the kernel keeps them.
-        usage = self._pool.volume_usage(volume_id)
+        usage, health = self._pool.volume_stats(volume_id)
         total = usage.limit if usage.limit is not None else self._pool.get_volume(volume_id).capacity
         return csi_pb2.NodeGetVolumeStatsResponse(
             usage=[
@@ -85,7 +85,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
                     available=max(total - usage.referenced, 0),
                 )
             ],
-            volume_condition=condition_message(self._pool.volume_health(volume_id)),
+            volume_condition=condition_message(health),
         )
 
     def NodeExpandVolume(

@@ -207,8 +207,10 @@ def test_open_clears_staging_debris(pool: Pool, backend: Backends) -> None:
 def test_health(pool: Pool, backend: Backends) -> None:
     pool.create_volume("v", 4 * MiB)
     assert not pool.volume_health("v").abnormal
+    assert pool.volume_stats("v") == (pool.volume_usage("v"), pool.volume_health("v"))
     backend.set_limit(pool.get_volume("v").subvolume_id, None)
     assert "no qgroup limit" in pool.volume_health("v").message
+    assert pool.volume_stats("v") == (pool.volume_usage("v"), pool.volume_health("v"))
     backend.delete_subvolume(pool.volume_path("v"))
     health = pool.volume_health("v")
     assert health.abnormal and "missing" in health.message
