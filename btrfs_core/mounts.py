@@ -375,7 +375,8 @@ def check_published(source: StrPath, path: StrPath) -> None:
     """NotFound unless path is a mount point showing the volume at source (where it was published)."""
     raw = os.fspath(path)
     if not os.path.isabs(raw):
-        raise InvalidArgument(f"volume path {raw!r} is not absolute")
+        # Relative to nothing the caller shares with us: no mount of the volume can be there.
+        raise NotFound(f"volume path {raw!r} is not absolute, so no mount of this volume")
     entries = mountinfo()
     mount = mount_at(raw, entries)
     if mount is None or mount.identity != location(source, entries):

@@ -70,8 +70,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
         volume_id = v.required_id(request.volume_id, "volume_id")
-        path = v.required_path(request.volume_path, "volume_path")
-        mounts.check_published(self._pool.volume_path(volume_id), path)
+        self._check_published(volume_id, request.volume_path)
         # statfs would show the whole pool; the qgroup is the volume. Counters are those of the last
         # transaction commit (up to the commit interval behind the writes), as the kernel keeps them.
         usage, health = self._pool.volume_stats(volume_id)
@@ -92,20 +91,30 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = v.required_id(request.volume_id, "volume_id")
-        path = v.required_path(request.volume_path, "volume_path")
+        if not request.volume_path:
+            raise invalid("volume_path is required")
         wanted = v.expansion_capacity(request.capacity_range if request.HasField("capacity_range") else None)
         if request.HasField("volume_capability"):
             reason = v.capability(request.volume_capability, "volume_capability").unsupported()
             if reason:
                 raise invalid(f"volume_capability: {reason}")
         with self._locks.hold(volume_key(volume_id)):
-            mounts.check_published(self._pool.volume_path(volume_id), path)
+            self._check_published(volume_id, request.volume_path)
             if wanted is None:
                 volume = self._pool.get_volume(volume_id)  # no size asked for: report the one it has
             else:
                 # At or below its size already: OK with the size it has (spec); never a shrink.
                 volume = self._pool.expand_volume(volume_id, *wanted)
         return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=volume.capacity)
+
+    def _check_published(self, volume_id: str, volume_path: str) -> None:
+        """The spec's order: no volume_path is INVALID_ARGUMENT; an unknown volume is NOT_FOUND whatever
+        the path; then a malformed path is INVALID_ARGUMENT, and one where this volume is not mounted (a
+        relative one included) NOT_FOUND."""
+        if not volume_path:
+            raise invalid("volume_path is required")
+        source = self._pool.volume_path(volume_id)
+        mounts.check_published(source, v.well_formed_path(volume_path, "volume_path"))
 
     def NodeGetCapabilities(
         self, request: csi_pb2.NodeGetCapabilitiesRequest, context: grpc.ServicerContext

@@ -92,14 +92,21 @@ def required_name(value: str, field: str = "name") -> str:
 
 def required_path(value: str, field: str) -> str:
     """An absolute path on this node; never resolved here (the mount code resolves and checks it)."""
+    path = well_formed_path(value, field)
+    if not os.path.isabs(path):
+        raise invalid(f"{field} {shown(value)} is not an absolute path")
+    return path
+
+
+def well_formed_path(value: str, field: str) -> str:
+    """A path without NUL, '..' or excess length. Absolute or not is the caller's question: a relative
+    volume_path is a place where no volume is published (NOT_FOUND), not a malformed request."""
     if not value:
         raise invalid(f"{field} is required")
     if "\0" in value:
         raise invalid(f"{field} contains a NUL byte")
     if _utf8_len(value) > MAX_PATH_BYTES:
         raise invalid(f"{field} is longer than {MAX_PATH_BYTES} bytes")
-    if not os.path.isabs(value):
-        raise invalid(f"{field} {shown(value)} is not an absolute path")
     if ".." in value.split("/"):
         raise invalid(f"{field} {shown(value)} has a '..' component")
     return value

@@ -413,3 +413,33 @@ def test_volume_stats_errors(kcsi: Client, tmp_path: Path) -> None:
     )
     assert code_of(stats, stats_request(volume.volume_id, target / "subdir")) == NOT_FOUND
     kcsi.unpublish(volume.volume_id, target)
+
+
+# The spec's NOT_FOUND ("no such volume", "not at volume_path") comes before judging the path's form:
+# csi-sanity asks with an unknown volume and with a known one, both at the relative path "some/path".
+
+
+@pytest.mark.parametrize("rpc", ["NodeGetVolumeStats", "NodeExpandVolume"])
+def test_unknown_volume_or_relative_path_is_not_found(kcsi: Client, tmp_path: Path, rpc: str) -> None:
+    volume = kcsi.create_volume("pvc-1")
+    target = tmp_path / "t"
+    kcsi.publish(volume.volume_id, target)
+    call = getattr(kcsi.node, rpc)
+
+    def request(volume_id: str, path: str) -> object:
+        if rpc == "NodeGetVolumeStats":
+            return csi_pb2.NodeGetVolumeStatsRequest(volume_id=volume_id, volume_path=path)
+        wanted = csi_pb2.CapacityRange(required_bytes=32 * MiB)
+        return csi_pb2.NodeExpandVolumeRequest(volume_id=volume_id, volume_path=path, capacity_range=wanted)
+
+    assert code_of(call, request("no-such-volume", "some/path")) == NOT_FOUND
+    assert code_of(call, request("no-such-volume", "/a/../b")) == NOT_FOUND
+    assert code_of(call, request(volume.volume_id, "some/path")) == NOT_FOUND
+    # the target's own path without its leading "/": never resolved against the driver's working directory
+    assert code_of(call, request(volume.volume_id, str(target).lstrip("/"))) == NOT_FOUND
+    # Malformed input stays INVALID_ARGUMENT: a missing path always, a bad form for a known volume.
+    assert code_of(call, request("no-such-volume", "")) == INVALID
+    for bad in (f"{target}/../t", f"{target}\0", "/" + "x" * 5000):
+        assert code_of(call, request(volume.volume_id, bad)) == INVALID
+    assert kcsi.pool.get_volume(volume.volume_id).capacity == 16 * MiB
+    kcsi.unpublish(volume.volume_id, target)

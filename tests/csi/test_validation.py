@@ -62,6 +62,15 @@ def test_bad_paths(value: str) -> None:
     assert code(exc) == grpc.StatusCode.INVALID_ARGUMENT and "target_path" in exc.value.message
 
 
+def test_well_formed_paths_may_be_relative() -> None:
+    # relative: no volume is published there (NOT_FOUND is the mount check's), not a malformed request
+    assert v.well_formed_path("some/path", "volume_path") == "some/path"
+    for bad in ("", "a/../b", "/nul\0", "/" + "x" * 5000):
+        with pytest.raises(CsiError) as exc:
+            v.well_formed_path(bad, "volume_path")
+        assert code(exc) == grpc.StatusCode.INVALID_ARGUMENT and "volume_path" in exc.value.message
+
+
 # capacity
 
 
