@@ -2,7 +2,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint system-deps proto manifests bench stress image e2e clean
+.PHONY: test demo lint system-deps csi-sanity proto manifests bench stress image e2e clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,7 +18,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy .
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP) system-deps lint
+# csi-sanity, built once per version into a cache outside the repository (exit 3: no Go, the test skips)
+csi-sanity:
+	tools/csi-sanity >/dev/null || [ $$? = 3 ]
+
+test: $(STAMP) system-deps lint csi-sanity
 	$(VENV)/bin/pytest -q -ra
 
 demo: $(STAMP) system-deps
