@@ -29,6 +29,10 @@ class InUse(BtrfsCoreError):
     """The object is busy and cannot be changed now."""
 
 
+class NestedSubvolumes(BtrfsCoreError):
+    """The volume holds nested subvolumes, which a snapshot or clone of it would leave out."""
+
+
 class QuotaDisabled(BtrfsCoreError):
     """Quotas are off on the pool (disabled behind the driver's back): no capacity can be enforced."""
 

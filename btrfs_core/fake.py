@@ -55,18 +55,44 @@ class FakeBackend:
 
     def snapshot(self, source: Path, path: Path, readonly: bool) -> None:
         parent = self._info[self._id(source)]
-        shutil.copytree(source, path, symlinks=True)  # copies the root's xattrs, as a snapshot does
+        nested = {source / relative for relative in self.nested_subvolumes(source)}
+        # Copies the root's xattrs, as a snapshot does; not recursive: a nested subvolume becomes an
+        # empty directory.
+        shutil.copytree(
+            source, path, symlinks=True, ignore=lambda d, names: {n for n in names if Path(d, n) in nested}
+        )
+        for relative in nested:
+            (path / relative.relative_to(source)).mkdir()
         self._register(path, parent.uuid, readonly)
 
     def delete_subvolume(self, path: Path) -> None:
+        held = [self._id(path / relative) for relative in self._all_nested(path)]
         subvolume_id = self._id(path)
         shutil.rmtree(path)
-        del self._info[subvolume_id], self._limits[subvolume_id]
+        for gone in (*held, subvolume_id):
+            del self._info[gone], self._limits[gone]
 
     def rename(self, source: Path, destination: Path) -> None:
-        if self._info[self._id(source)].readonly:
+        if self._info[self._id(source)].readonly and source.parent != destination.parent:
             raise KernelError("rename", errno.EROFS, f"{source}: a read-only subvolume cannot move")
         os.rename(source, destination)
+
+    def nested_subvolumes(self, path: Path) -> list[str]:
+        found = []
+        for directory, subdirectories, _files in os.walk(path):
+            for name in list(subdirectories):
+                if self.is_subvolume(Path(directory, name)):
+                    found.append(os.path.relpath(os.path.join(directory, name), path))
+                    subdirectories.remove(name)  # what it holds is not directly nested here
+        return sorted(found)
+
+    def _all_nested(self, path: Path) -> list[str]:
+        return [
+            os.path.relpath(os.path.join(directory, name), path)
+            for directory, subdirectories, _files in os.walk(path)
+            for name in subdirectories
+            if self.is_subvolume(Path(directory, name))
+        ]
 
     def is_subvolume(self, path: Path) -> bool:
         try:

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from btrfs_core.errors import (
     InUse,
     InvalidArgument,
     KernelError,
+    NestedSubvolumes,
     NotFound,
     QuotaDisabled,
     ReadOnly,
@@ -56,8 +58,19 @@ _PLAIN_NAME_CHARS = 100  # longer names are hashed, leaving room for staging suf
 # Below this many free bytes under its limit a volume counts as full: writes are about to get EDQUOT.
 FULL_MARGIN_BYTES = 128 << 10
 
+# A refusal names this many nested subvolumes, each cut to this many characters.
+_NESTED_SHOWN, _SHOWN_CHARS = 5, 80
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Debris:
+    """What one clean-up of crash debris did: entries removed, and those that resisted (relative)."""
+
+    removed: int
+    left: list[str]
 
 
 class _Capacities:
@@ -427,6 +440,7 @@ class Pool:
         else:
             path = self.volume_path(source.id)
             size = self._volume_at(path).capacity
+            self._refuse_nested(path, f"volume {source.id}")
         if capacity < size:
             raise CapacityOutOfRange(
                 f"capacity {capacity} is smaller than {source.kind.value} {source.id} ({size} bytes)"
@@ -556,17 +570,45 @@ class Pool:
         return existing
 
     def _build_snapshot(self, snapshot_id: str, name: str, source: Volume) -> Snapshot:
-        # A read-only subvolume cannot be renamed, so the snapshot is made in place: the kernel makes
-        # it whole in one committed transaction. Its metadata rides in on an xattr of the source's
-        # root, which the snapshot copies.
+        # Built writable under a hidden name in snapshots/, its metadata written on itself, then made
+        # read-only and renamed into place (a read-only subvolume can be renamed within its directory,
+        # not moved out of it): a visible snapshot is always whole, and nothing is written on, or
+        # charged to, the source, which may be full to its limit or made read-only by its owner.
         origin = self.volumes_dir / source.id
+        self._refuse_nested(origin, f"volume {source.id}")
         fields = {"kind": "snapshot", "name": name, "source_volume_id": source.id, "size": source.capacity}
-        self._write_metadata(origin, fields, self._snapshot_xattr)
+        staged = self.snapshots_dir / f".{snapshot_id}.{secrets.token_hex(4)}"
         try:
-            self._fs.snapshot(origin, self.snapshots_dir / snapshot_id, readonly=True)
-        finally:
-            _remove_xattr(origin, self._snapshot_xattr)
+            self._fs.snapshot(origin, staged, readonly=False)
+            self._refuse_nested(origin, f"volume {source.id}")  # one made while the snapshot was taken
+            self._clear_limit(self._fs.subvolume_info(staged).id)  # full qgroups copy the source's
+            self._write_metadata(staged, fields, self._snapshot_xattr)
+            self._fs.set_readonly(staged, True)
+            self._fs.rename(staged, self.snapshots_dir / snapshot_id)
+        except BaseException:
+            self._discard(staged)
+            raise
         return self._snapshot_at(self.snapshots_dir / snapshot_id)
+
+    def _refuse_nested(self, path: Path, what: str) -> None:
+        """NestedSubvolumes when the subvolume at path holds any: a btrfs snapshot is not recursive,
+        so a snapshot or clone of it would silently lack their data."""
+        nested = self._fs.nested_subvolumes(path)
+        if nested:
+            shown = ", ".join(_shortened(relative) for relative in nested[:_NESTED_SHOWN])
+            more = f" and {len(nested) - _NESTED_SHOWN} more" if len(nested) > _NESTED_SHOWN else ""
+            raise NestedSubvolumes(
+                f"{what} holds nested subvolumes, which a snapshot or clone would leave out (a btrfs "
+                f"snapshot is not recursive): {shown}{more}; move their data into plain directories"
+            )
+
+    def _clear_limit(self, subvolume_id: int) -> None:
+        try:
+            limited = self._fs.usage(subvolume_id).limit is not None
+        except NotFound:
+            return  # no qgroup: quotas are off
+        if limited:
+            self._fs.set_limit(subvolume_id, None)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         path = self.snapshots_dir / check_id(snapshot_id, "snapshot")
@@ -638,30 +680,42 @@ class Pool:
 
     # housekeeping
 
-    def clear_staging(self) -> int:
-        """Removes whatever a crash left in staging; returns how many entries it removed.
+    def clear_staging(self) -> Debris:
+        """Removes whatever a crash left: entries of staging, hidden half-made snapshots.
 
-        An entry that resists is left for the next round and logged: it must not stop the driver.
+        An entry that resists is logged and left for the next round: whatever the error, it must not
+        stop the driver's start-up or the reconciler.
         """
-        removed = 0
+        removed, left = 0, []
         with self._lock:
-            for entry in sorted(self.staging_dir.iterdir()):
-                if entry in self._trash:
-                    continue  # a delete in progress removes it itself, outside the lock
+            for entry in self._debris():
                 try:
-                    if self._fs.is_subvolume(entry):
-                        self._fs.delete_subvolume(entry)
-                    elif entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry)
-                    else:
-                        entry.unlink()
-                except (BtrfsCoreError, OSError) as exc:
-                    log.warning("staging debris %s not removed: %s", entry, exc)
+                    self._remove(entry)
+                except Exception as exc:  # a pod can make debris resist in ways no list foresees
+                    log.warning(
+                        "debris %s not removed, retried later: %s: %s", entry, type(exc).__name__, exc
+                    )
+                    left.append(str(entry.relative_to(self.root)))
                     continue
                 removed += 1
         if removed:
             self._commit.commit()
-        return removed
+        return Debris(removed, left)
+
+    def _debris(self) -> list[Path]:
+        """Needs the lock: staging entries but those a delete in progress removes itself, and the
+        snapshots that a crash left half-made under their hidden names."""
+        staged = [entry for entry in sorted(self.staging_dir.iterdir()) if entry not in self._trash]
+        hidden = [entry for entry in sorted(self.snapshots_dir.iterdir()) if entry.name.startswith(".")]
+        return staged + [entry for entry in hidden if self._fs.is_subvolume(entry)]
+
+    def _remove(self, entry: Path) -> None:
+        if self._fs.is_subvolume(entry):
+            self._fs.delete_subvolume(entry)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
     def remove_stale_qgroups(self) -> list[int]:
         removed = self._fs.remove_stale_qgroups()
@@ -693,6 +747,13 @@ def _same_volume(existing: Volume, name: str, capacity: int, source: Source | No
             f"volume {name!r} exists with capacity {existing.capacity} and source {existing.source}, "
             f"not {capacity} and {source}"
         )
+
+
+def _shortened(relative: str) -> str:
+    if len(relative) <= _SHOWN_CHARS:
+        return relative
+    half = _SHOWN_CHARS // 2
+    return f"{relative[:half]}...{relative[-half:]}"
 
 
 def _remove_xattr(path: Path, xattr: str) -> None:

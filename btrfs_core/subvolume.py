@@ -1,20 +1,24 @@
-"""Subvolumes and snapshots: create, snapshot, delete (nested first), info, list, read-only flag."""
+"""Subvolumes and snapshots: create, snapshot, delete (nested first, by ID), info, list, read-only flag."""
 
 import contextlib
 import ctypes
+import errno
 import os
 import struct
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from btrfs_core import ioctl
-from btrfs_core.errors import InvalidArgument, NotFound
+from btrfs_core.errors import BtrfsCoreError, InUse, InvalidArgument, KernelError, NotFound, ReadOnly
 from btrfs_core.models import SubvolumeInfo
 
 # Every subvolume's root directory has this inode number.
 SUBVOLUME_ROOT_INODE = 256
 _ROOT_REF = struct.Struct("<QQH")  # dirid, sequence, name_len; the name follows
+# A delete outruns a pod still creating subvolumes inside for this many rounds.
+_DELETE_ROUNDS = 5
 
 
 @contextlib.contextmanager
@@ -61,10 +65,8 @@ def is_subvolume(path: Path) -> bool:
 
 def subvolume_id(path: Path) -> int:
     """The id of the subvolume that holds path."""
-    args = ioctl.InoLookupArgs(treeid=0, objectid=ioctl.FIRST_FREE_OBJECTID)
     with opened(path) as fd:
-        ioctl.call(fd, ioctl.IOC_INO_LOOKUP, args, "subvolume id", str(path))
-    return int(args.treeid)
+        return _fd_subvolume_id(fd, str(path))
 
 
 def info(path: Path) -> SubvolumeInfo:
@@ -85,47 +87,164 @@ def info(path: Path) -> SubvolumeInfo:
 
 
 def set_readonly(path: Path, readonly: bool) -> None:
+    with opened(path) as fd:
+        _set_readonly(fd, readonly, str(path))
+
+
+def _set_readonly(fd: int, readonly: bool, target: str) -> None:
     flags = ctypes.c_uint64()
-    with opened(path) as fd:
-        ioctl.call(fd, ioctl.IOC_SUBVOL_GETFLAGS, flags, "subvolume flags", str(path))
-        value = (flags.value | ioctl.SUBVOL_RDONLY) if readonly else (flags.value & ~ioctl.SUBVOL_RDONLY)
-        flags.value = value
-        ioctl.call(fd, ioctl.IOC_SUBVOL_SETFLAGS, flags, "subvolume set flags", str(path))
+    ioctl.call(fd, ioctl.IOC_SUBVOL_GETFLAGS, flags, "subvolume flags", target)
+    flags.value = (flags.value | ioctl.SUBVOL_RDONLY) if readonly else (flags.value & ~ioctl.SUBVOL_RDONLY)
+    ioctl.call(fd, ioctl.IOC_SUBVOL_SETFLAGS, flags, "subvolume set flags", target)
 
 
-def children(path: Path) -> list[Path]:
-    """The subvolumes directly nested inside the subvolume at path (at any directory depth)."""
+@dataclass(frozen=True)
+class _RootRef:
+    """A subvolume as its holder's root ref names it: in directory `dirid` of subvolume `parent_id`."""
+
+    id: int
+    parent_id: int
+    dirid: int
+    name: bytes
+
+
+def _root_refs(fd: int, parent_id: int, target: str) -> list[_RootRef]:
+    """The subvolumes directly nested in subvolume parent_id (at any directory depth inside it)."""
     found = []
-    with opened(path) as fd:
-        parent_id = subvolume_id(path)
-        refs = ioctl.tree_search(
-            fd,
-            ioctl.ROOT_TREE,
-            (parent_id, ioctl.ROOT_REF_KEY, 0),
-            (parent_id, ioctl.ROOT_REF_KEY, ioctl.U64_MAX),
-            str(path),
+    refs = ioctl.tree_search(
+        fd,
+        ioctl.ROOT_TREE,
+        (parent_id, ioctl.ROOT_REF_KEY, 0),
+        (parent_id, ioctl.ROOT_REF_KEY, ioctl.U64_MAX),
+        target,
+    )
+    for _objectid, _type, child_id, data in refs:
+        dirid, _seq, name_len = _ROOT_REF.unpack_from(data)
+        found.append(
+            _RootRef(child_id, parent_id, dirid, bytes(data[_ROOT_REF.size : _ROOT_REF.size + name_len]))
         )
-        for _objectid, _type, _child_id, data in refs:
-            dirid, _seq, name_len = _ROOT_REF.unpack_from(data)
-            name = bytes(data[_ROOT_REF.size : _ROOT_REF.size + name_len])
-            lookup = ioctl.InoLookupArgs(treeid=parent_id, objectid=dirid)
-            ioctl.call(fd, ioctl.IOC_INO_LOOKUP, lookup, "path lookup", str(path))
-            found.append(path / os.fsdecode(lookup.name) / os.fsdecode(name))
     return found
 
 
+def _nested(fd: int, top_id: int, target: str) -> list[_RootRef]:
+    """Every subvolume nested in subvolume top_id at any depth, each listed after the one holding it.
+
+    A loop over the kernel's root refs, not a recursion: a pod can nest thousands of levels.
+    """
+    found: list[_RootRef] = []
+    holders = [top_id]
+    while holders:
+        refs = _root_refs(fd, holders.pop(), target)
+        found += refs
+        holders += [ref.id for ref in refs]
+    return found
+
+
+def nested_paths(path: Path) -> list[str]:
+    """Where the subvolumes directly nested in the subvolume at path are, relative to it, sorted.
+
+    For messages: a directory the kernel cannot name (its path inside is longer than PATH_MAX) is
+    shown as "...".
+    """
+    found = []
+    with opened(path) as fd:
+        parent_id = _fd_subvolume_id(fd, str(path))
+        for ref in _root_refs(fd, parent_id, str(path)):
+            lookup = ioctl.InoLookupArgs(treeid=parent_id, objectid=ref.dirid)
+            try:
+                ioctl.call(fd, ioctl.IOC_INO_LOOKUP, lookup, "path lookup", str(path))
+                directory = os.fsdecode(lookup.name)
+            except BtrfsCoreError:
+                directory = ".../"
+            found.append(directory + os.fsdecode(ref.name))
+    return sorted(found)
+
+
+def _fd_subvolume_id(fd: int, target: str) -> int:
+    args = ioctl.InoLookupArgs(treeid=0, objectid=ioctl.FIRST_FREE_OBJECTID)
+    ioctl.call(fd, ioctl.IOC_INO_LOOKUP, args, "subvolume id", target)
+    return int(args.treeid)
+
+
+# A btrfs file handle (fs/btrfs/export.h, as name_to_handle_at(2) returns it): inode, subvolume id and
+# inode generation; generation 0 is not checked. Type FILEID_BTRFS_WITHOUT_PARENT (linux/exportfs.h).
+_BTRFS_FID = struct.Struct("<QQI")
+_FILEID_BTRFS_WITHOUT_PARENT = 0x4D
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint32),
+        ("handle_type", ctypes.c_int32),
+        ("f_handle", ctypes.c_uint8 * _BTRFS_FID.size),
+    ]
+
+
+def _open_by_id(fs_fd: int, subvolume: int, inode: int, target: str) -> int:
+    """A descriptor for directory `inode` of subvolume `subvolume`, found without a path (needs
+    CAP_DAC_READ_SEARCH); fs_fd is any descriptor on the filesystem. Gone is NotFound."""
+    handle = _FileHandle(_BTRFS_FID.size, _FILEID_BTRFS_WITHOUT_PARENT)
+    _BTRFS_FID.pack_into(handle.f_handle, 0, inode, subvolume, 0)
+    fd: int = _libc.open_by_handle_at(
+        fs_fd, ctypes.byref(handle), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    )
+    if fd < 0:
+        code = ctypes.get_errno()
+        if code == errno.ESTALE:  # the subvolume or the directory was deleted meanwhile
+            code = errno.ENOENT
+        raise ioctl.error_from_os("open by handle", target, OSError(code, os.strerror(code)))
+    return fd
+
+
+def _destroy_nested(fs_fd: int, ref: _RootRef, target: str) -> None:
+    """Deletes one nested subvolume (holding none itself) by unlinking it from its directory, opened by
+    handle. Deleted meanwhile is fine; a holder made read-only is made writable first (EROFS)."""
+    where = f"{target}: subvolume {ref.id} in subvolume {ref.parent_id}"
+    try:
+        directory = _open_by_id(fs_fd, ref.parent_id, ref.dirid, where)
+    except NotFound:
+        return
+    try:
+        args = ioctl.VolArgs(name=ref.name)
+        try:
+            ioctl.call(directory, ioctl.IOC_SNAP_DESTROY, args, "subvolume delete", where)
+        except ReadOnly:
+            holder = _open_by_id(fs_fd, ref.parent_id, SUBVOLUME_ROOT_INODE, where)
+            try:
+                _set_readonly(holder, False, where)
+            finally:
+                os.close(holder)
+            ioctl.call(directory, ioctl.IOC_SNAP_DESTROY, args, "subvolume delete", where)
+    except NotFound:
+        return
+    finally:
+        os.close(directory)
+
+
 def delete(path: Path) -> None:
-    """Deletes the subvolume at path and every subvolume nested in it, deepest first."""
+    """Deletes the subvolume at path and every subvolume nested in it, at any depth.
+
+    The nested ones come from the kernel's root refs and go deepest first, each unlinked from its
+    directory found by ID, so neither depth nor path length matters (a pod may nest thousands of
+    levels or hide one below a path longer than PATH_MAX). A pod still creating subvolumes inside
+    is outrun a few rounds, then InUse.
+    """
     if not is_subvolume(path):
         raise NotFound(f"subvolume delete: {path} is not a subvolume")
-    nested = children(path)
-    if nested and info(path).readonly:
-        set_readonly(path, False)  # nothing can be unlinked from a read-only subvolume (EROFS)
-    for child in nested:
-        delete(child)
     args = ioctl.VolArgs(name=_leaf_name(path))
-    with opened(path.parent) as parent:
-        ioctl.call(parent, ioctl.IOC_SNAP_DESTROY, args, "subvolume delete", str(path))
+    with opened(path.parent) as parent, opened(path) as top:
+        top_id = _fd_subvolume_id(top, str(path))
+        for _round in range(_DELETE_ROUNDS):
+            for ref in reversed(_nested(top, top_id, str(path))):
+                _destroy_nested(top, ref, str(path))
+            try:
+                ioctl.call(parent, ioctl.IOC_SNAP_DESTROY, args, "subvolume delete", str(path))
+                return
+            except KernelError as exc:
+                if exc.errno != errno.ENOTEMPTY:  # ENOTEMPTY: a subvolume was created inside meanwhile
+                    raise
+    raise InUse(f"subvolume delete: {path}: subvolumes keep being created inside it")
 
 
 def list_all(path: Path) -> dict[int, int]:

@@ -8,7 +8,9 @@ Each round, every `interval` seconds (60 by default):
 2. Stale qgroups (a level-0 qgroup whose subvolume is gone; kernels before 6.11 leave them, and under
    simple quotas a deleted volume's qgroup stays while snapshots or clones hold its extents): count
    them, and remove those the kernel lets go (the others answer EBUSY and are counted again next time).
-3. Staging debris: `Pool.clear_staging()`.
+3. Crash debris (staging entries, half-made snapshots): `Pool.clear_staging()`. An entry that resists
+   is logged and left for the next round; btrfs_csi_staging_debris_entries shows how many are left
+   and btrfs_csi_staging_errors_total counts every failed removal.
 
 Every action is logged and counted in btrfs_csi_reconciler_actions_total{action}; a step that fails
 is logged with its traceback and counted in btrfs_csi_reconciler_errors_total{step}, never raised:
@@ -63,6 +65,17 @@ class ReconcilerMetrics:
         )
         self.stale_removed = Counter(
             "btrfs_csi_stale_qgroups_removed", "Stale qgroups the reconciler removed.", registry=registry
+        )
+        self.debris_left = Gauge(
+            "btrfs_csi_staging_debris_entries",
+            "Crash debris (staging entries, half-made snapshots) that resisted removal at the last"
+            " reconcile round; retried every round, the reasons logged.",
+            registry=registry,
+        )
+        self.debris_errors = Counter(
+            "btrfs_csi_staging_errors",
+            "Failed removals of crash debris, one per entry and round (the reasons are logged).",
+            registry=registry,
         )
         self.rounds = Counter(
             "btrfs_csi_reconciler_rounds", "Reconcile rounds run (all steps tried).", registry=registry
@@ -169,15 +182,12 @@ class Reconciler:
         self._metrics.actions.labels(ACTION_REMOVE_STALE_QGROUP).inc(len(removed))
 
     def _clear_staging(self) -> None:
-        # Safe against in-flight creates (checked in pool.py): Pool.create_volume holds the pool lock
-        # from building in .staging/<id>.<random> until the rename into volumes/, and clear_staging
-        # takes the same lock, so it never sees a volume still being built. Snapshots are made in
-        # place under snapshots/ and deleted in place, never through staging.
-        # NOT safe against an in-flight delete (reported to the lead with a fix): delete_volume
-        # renames the volume into .staging under the lock but deletes it after releasing the lock,
-        # so a round here can delete that trash first and DeleteVolume then fails with NotFound.
-        # tests/exporter/test_exporter_reconciler.py::test_in_flight_deletes_are_never_cleared.
-        cleared = self._pool.clear_staging()
-        if cleared:
-            log.warning("cleared %d staging entries of pool %s", cleared, self._pool.root)
-            self._metrics.actions.labels(ACTION_CLEAR_STAGING).inc(cleared)
+        # Safe against in-flight creates, snapshots and deletes: each holds the pool lock while its
+        # object sits in staging or under a hidden snapshot name, or marks it as its own trash, and
+        # clear_staging takes the same lock (tests/exporter/test_exporter_reconciler.py).
+        debris = self._pool.clear_staging()
+        self._metrics.debris_left.set(len(debris.left))
+        self._metrics.debris_errors.inc(len(debris.left))
+        if debris.removed:
+            log.warning("cleared %d debris entries of pool %s", debris.removed, self._pool.root)
+            self._metrics.actions.labels(ACTION_CLEAR_STAGING).inc(debris.removed)

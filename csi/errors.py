@@ -23,6 +23,7 @@ CORE_ERROR_CODES: Mapping[type[core.BtrfsCoreError], grpc.StatusCode] = MappingP
         core.InUse: grpc.StatusCode.FAILED_PRECONDITION,
         core.ReadOnly: grpc.StatusCode.FAILED_PRECONDITION,
         core.QuotaDisabled: grpc.StatusCode.FAILED_PRECONDITION,
+        core.NestedSubvolumes: grpc.StatusCode.FAILED_PRECONDITION,
         core.Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )

@@ -15,6 +15,7 @@ from btrfs_core.errors import (
     InsufficientCapacity,
     InUse,
     InvalidArgument,
+    NestedSubvolumes,
     NotFound,
     QuotaDisabled,
 )
@@ -202,6 +203,35 @@ def test_open_clears_staging_debris(pool: Pool, backend: Backends) -> None:
     reopened = Pool.open(pool.root, backend=backend)
     assert os.listdir(reopened.staging_dir) == []
     assert reopened.list_volumes() == []
+
+
+def test_nested_subvolumes_are_named_by_snapshot_and_clone_refusals_and_go_with_their_volume(
+    pool: Pool, backend: Backends
+) -> None:
+    pool.create_volume("holder", 8 * MiB)
+    root = pool.volume_path("holder")
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_text("in a plain directory")
+    for relative in ("a/b/inner", "a/b/inner/deeper", "top"):
+        backend.create_subvolume(root / relative)
+        (root / relative / "f").write_text(f"in {relative}")
+    assert backend.nested_subvolumes(root) == ["a/b/inner", "top"]
+    assert backend.nested_subvolumes(root / "a/b/inner") == ["deeper"]
+
+    with pytest.raises(NestedSubvolumes, match=r"volume holder holds nested subvolumes.*: a/b/inner, top;"):
+        pool.create_snapshot("snap", "holder")
+    with pytest.raises(NestedSubvolumes, match="a/b/inner, top;"):
+        pool.create_volume("clone", 8 * MiB, Source(SourceKind.VOLUME, "holder"))
+    assert tree(pool.snapshots_dir) == tree(pool.staging_dir) == [] and pool.list_volume_ids() == ["holder"]
+
+    # What the refusal spares users: a btrfs snapshot is not recursive, nested ones come out empty.
+    backend.snapshot(root, pool.root / "plain-snapshot", readonly=True)
+    assert tree(pool.root / "plain-snapshot") == ["a", "a/b", "a/b/f", "a/b/inner", "top"]
+    assert backend.nested_subvolumes(pool.root / "plain-snapshot") == []
+    backend.delete_subvolume(pool.root / "plain-snapshot")
+
+    pool.delete_volume("holder")
+    assert tree(pool.volumes_dir) == tree(pool.staging_dir) == []
 
 
 def test_health(pool: Pool, backend: Backends) -> None:

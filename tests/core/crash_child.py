@@ -7,7 +7,9 @@ Stop points:
   rename-into-volumes  just before a staged volume is renamed into volumes/
   delete-subvolume     just before a subvolume is deleted (delete_volume: after it left volumes/)
   snapshot             just before the snapshot ioctl
-  snapshot-made        after the snapshot ioctl, before its metadata is removed from the source
+  snapshot-staged      after the snapshot ioctl: a writable snapshot under a hidden name, no metadata
+  snapshot-rename      just before a finished read-only snapshot is renamed from its hidden name
+  snapshot-made        after that rename, before the commit
   returned             after the operation returned (the message carries its result)
 """
 
@@ -36,21 +38,20 @@ def main() -> None:
 
     pool = Pool.open(root)
     real_rename = os.rename
-    real_removexattr = os.removexattr
     real_delete = KernelBackend.delete_subvolume
     real_snapshot = KernelBackend.snapshot
 
     def rename(
         src: PathArg, dst: PathArg, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None
     ) -> None:
-        if stop == "rename-into-volumes" and Path(os.fsdecode(dst)).parent == pool.volumes_dir:
-            halt(f"stopped before rename {os.fsdecode(src)} -> {os.fsdecode(dst)}")
+        destination = Path(os.fsdecode(dst))
+        if stop == "rename-into-volumes" and destination.parent == pool.volumes_dir:
+            halt(f"stopped before rename {os.fsdecode(src)} -> {destination}")
+        if stop == "snapshot-rename" and destination.parent == pool.snapshots_dir:
+            halt(f"stopped before rename {os.fsdecode(src)} -> {destination}")
         real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
-
-    def removexattr(path: int | PathArg, attribute: PathArg, *, follow_symlinks: bool = True) -> None:
-        if stop == "snapshot-made" and os.fsdecode(attribute).endswith(".snapshot"):
-            halt(f"stopped after the snapshot, before removing {os.fsdecode(attribute)}")
-        real_removexattr(path, attribute, follow_symlinks=follow_symlinks)
+        if stop == "snapshot-made" and destination.parent == pool.snapshots_dir:
+            halt(f"stopped after the snapshot, renamed into {destination}")
 
     def delete_subvolume(self: KernelBackend, path: Path) -> None:
         if stop == "delete-subvolume":
@@ -61,9 +62,10 @@ def main() -> None:
         if stop == "snapshot":
             halt(f"stopped before snapshot {source} -> {path}")
         real_snapshot(self, source, path, readonly)
+        if stop == "snapshot-staged":
+            halt(f"stopped after snapshot {source} -> {path}")
 
     os.rename = rename
-    os.removexattr = removexattr
     KernelBackend.delete_subvolume = delete_subvolume  # type: ignore[method-assign]
     KernelBackend.snapshot = snapshot  # type: ignore[method-assign]
 

@@ -138,8 +138,8 @@ def test_killed_mid_delete_hides_the_volume_and_open_finishes_the_delete(btrfs_m
     pool = Pool.open(btrfs_mount)
     volume = pool.create_volume("pvc-del", 16 * MiB)
     write_random(pool.volume_path(volume.id) / "f", MiB, seed=72)
+    snapshot = pool.create_snapshot("snap-del", volume.id)  # refused once a nested subvolume is there
     subvolume.create(pool.volume_path(volume.id) / "nested")
-    snapshot = pool.create_snapshot("snap-del", volume.id)
     message = run_and_kill(btrfs_mount, "delete_volume", ["pvc-del"], "delete-subvolume")
     assert message.startswith("stopped before deleting") and "/.staging/pvc-del." in message
 
@@ -162,7 +162,7 @@ def test_killed_before_the_snapshot_leaves_no_snapshot(btrfs_mount: Path) -> Non
     reopened = Pool.open(btrfs_mount)
     assert os.listdir(reopened.snapshots_dir) == [] and reopened.list_snapshots() == []
     assert reopened.list_volumes() == [volume]
-    # The snapshot's metadata was left on the volume's root; it must not leak into a clone.
+    # Nothing of the snapshot's metadata is on the volume's root, nor leaks into a clone.
     clone = reopened.create_volume("pvc-snap-clone", 16 * MiB, Source(SourceKind.VOLUME, "pvc-snap"))
     assert KernelBackend.metadata_xattr + ".snapshot" not in os.listxattr(reopened.volume_path(clone.id))
     snapshot = reopened.create_snapshot("snap-a", "pvc-snap")
@@ -180,6 +180,35 @@ def test_killed_right_after_the_snapshot_leaves_a_complete_snapshot(btrfs_mount:
     assert made.source_volume_id == "pvc-snap2" and made.size == 16 * MiB
     assert reopened.create_snapshot("snap-b", "pvc-snap2") == made
     assert [p for p in subvolume_paths(btrfs_mount) if p.startswith("snapshots/")] == ["snapshots/snap-b"]
+
+
+@pytest.mark.parametrize("stop", ["snapshot-staged", "snapshot-rename"])
+def test_killed_while_building_a_snapshot_leaves_no_snapshot_and_open_clears_the_debris(
+    btrfs_mount: Path, stop: str
+) -> None:
+    pool = Pool.open(btrfs_mount)
+    volume = pool.create_volume("pvc-half", 16 * MiB)
+    write_random(pool.volume_path(volume.id) / "f", MiB, seed=7)
+    expected = hash_tree(pool.volume_path(volume.id))
+    message = run_and_kill(btrfs_mount, "create_snapshot", ["snap-half", volume.id], stop)
+    assert message.startswith(
+        "stopped after snapshot" if stop == "snapshot-staged" else "stopped before rename"
+    )
+
+    # Half-made, it sits under a hidden name that no listing or lookup can reach.
+    assert pool.list_snapshots() == [] and pool.list_snapshot_ids() == []
+    with pytest.raises(NotFound):
+        pool.get_snapshot("snap-half")
+    (debris,) = [p for p in subvolume_paths(btrfs_mount) if p.startswith("snapshots/")]
+    assert debris.startswith("snapshots/.snap-half.")
+    assert os.listxattr(pool.volume_path(volume.id)) == [KernelBackend.metadata_xattr]
+
+    reopened = Pool.open(btrfs_mount)
+    assert os.listdir(reopened.snapshots_dir) == []
+    snapshot = reopened.create_snapshot("snap-half", volume.id)
+    assert hash_tree(reopened.snapshots_dir / snapshot.id) == expected
+    settle(btrfs_mount)
+    assert subvolume_paths(btrfs_mount) == {"volumes/pvc-half", "snapshots/snap-half"}
 
 
 def test_every_change_is_committed_before_the_call_returns(

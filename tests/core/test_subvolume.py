@@ -167,10 +167,16 @@ def test_delete_removes_nested_subvolumes_deepest_first(
         write_random(top / relative / "file", 4096, seed=len(relative))
     subvolume.snapshot(top / "a" / "b", top / "a" / "b" / "c" / "ro-snap", readonly=True)
 
-    assert sorted(subvolume.children(top)) == sorted(top / name for name in ("a", "dir/deeper/e", "f"))
-    assert sorted(subvolume.children(top / "a")) == sorted([top / "a/b", top / "a/plain/d"])
-    assert subvolume.children(top / "f") == []
+    assert subvolume.nested_paths(top) == ["a", "dir/deeper/e", "f"]
+    assert subvolume.nested_paths(top / "a") == ["b", "plain/d"]
+    assert subvolume.nested_paths(top / "f") == []
 
+    # Each destroy names its victim by the directory it unlinks it from: (subvolume id, name).
+    where = {
+        (subvolume.subvolume_id(path.parent), path.name): path
+        for path in [top, *top.rglob("*")]
+        if subvolume.is_subvolume(path)
+    }
     destroyed: list[Path] = []
     real_call = ioctl.call
 
@@ -182,7 +188,10 @@ def test_delete_removes_nested_subvolumes_deepest_first(
         target: str,
     ) -> None:
         if request == ioctl.IOC_SNAP_DESTROY:
-            destroyed.append(Path(target))
+            assert isinstance(arg, ioctl.VolArgs)
+            lookup = ioctl.InoLookupArgs(treeid=0, objectid=ioctl.FIRST_FREE_OBJECTID)
+            real_call(fd, ioctl.IOC_INO_LOOKUP, lookup, "test", target)
+            destroyed.append(where[(lookup.treeid, os.fsdecode(arg.name))])
         real_call(fd, request, arg, operation, target)
 
     monkeypatch.setattr(ioctl, "call", recording_call)

@@ -15,6 +15,7 @@ EXPECTED = {
     core.InsufficientCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
     core.InUse: grpc.StatusCode.FAILED_PRECONDITION,
     core.QuotaDisabled: grpc.StatusCode.FAILED_PRECONDITION,
+    core.NestedSubvolumes: grpc.StatusCode.FAILED_PRECONDITION,
     core.Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 

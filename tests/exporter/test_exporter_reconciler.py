@@ -1,5 +1,8 @@
 """The reconciler: rescans, stale qgroups, staging debris; failures logged, never raised."""
 
+import fcntl
+import os
+import struct
 import threading
 import time
 from pathlib import Path
@@ -121,6 +124,47 @@ def test_in_flight_deletes_are_never_cleared(pool: Pool) -> None:
         resume.set()
         deleter.join(30)
     assert failures == []
+
+
+FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x40086602, 0x10  # linux/fs.h: _IOW('f', 2, long)
+
+
+def set_immutable(path: Path, immutable: bool) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", FS_IMMUTABLE_FL if immutable else 0))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.kernel
+def test_debris_that_resists_never_stops_start_up_and_is_counted_and_retried(
+    btrfs_mount: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = Pool.open(btrfs_mount)
+    stuck = pool.staging_dir / "stuck.0badc0de"
+    btrfs("subvolume", "create", str(stuck))
+    btrfs("subvolume", "create", str(pool.staging_dir / "crashed.0123abcd"))
+    set_immutable(stuck, True)  # the kernel refuses to delete it (EPERM)
+    try:
+        reopened = Pool.open(btrfs_mount)  # start-up goes on, and clears what it can
+        assert os.listdir(reopened.staging_dir) == [stuck.name]
+        metrics = build_registry(reopened, DRIVER)
+        reconciler = metrics.reconciler()
+        for _ in range(2):
+            reconciler.run_once()
+        registry = metrics.registry
+        assert value(registry, "btrfs_csi_staging_debris_entries") == 1
+        assert value(registry, "btrfs_csi_staging_errors_total") == 2
+        assert value(registry, "btrfs_csi_reconciler_errors_total", step="staging") == 0  # the step went on
+        assert f"debris {stuck} not removed" in caplog.text
+    finally:
+        set_immutable(stuck, False)
+    reconciler.run_once()
+    assert os.listdir(reopened.staging_dir) == []
+    assert value(registry, "btrfs_csi_staging_debris_entries") == 0
+    assert value(registry, "btrfs_csi_staging_errors_total") == 2
+    assert value(registry, "btrfs_csi_reconciler_actions_total", action="clear_staging") == 1
 
 
 class _BrokenPool:
