@@ -54,10 +54,11 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def specs(report: Path) -> list[Spec]:
-    """The It specs of a ginkgo JSON report (suite set-up and tear-down nodes left out)."""
+def specs(report: Path) -> tuple[int, list[Spec]]:
+    """The random seed (--ginkgo.seed=N repeats the order) and the It specs of a ginkgo JSON report
+    (suite set-up and tear-down nodes left out)."""
     suites: list[dict[str, Any]] = json.loads(report.read_text())
-    return [
+    return suites[0]["SuiteConfig"]["RandomSeed"], [
         Spec(
             " ".join([*(spec.get("ContainerHierarchyTexts") or []), spec["LeafNodeText"]]),
             spec["State"],
@@ -105,10 +106,10 @@ def test_csi_sanity_passes_on_a_real_pool(
         )
     output = result.stdout[-4000:] + result.stderr[-4000:]
     assert report.exists(), output
-    ran = specs(report)
+    seed, ran = specs(report)
     counts = Counter(spec.state for spec in ran)
     tally = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    request.config.stash[SUMMARY] = f"csi-sanity: {tally}"
+    request.config.stash[SUMMARY] = f"{csi_sanity.parent.parent.name} (seed {seed}): {tally}"
     failed = [f"{spec.name} [{spec.state}]: {spec.message}" for spec in ran if spec.state not in NOT_FAILED]
     assert not failed, "\n\n".join(failed)
     skipped = {spec.message for spec in ran if spec.state == "skipped"}
