@@ -11,6 +11,7 @@ import ctypes.util
 import errno
 import os
 import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,14 @@ MS_NOATIME = 1024
 MS_NODIRATIME = 2048
 MS_BIND = 4096
 UMOUNT_NOFOLLOW = 8  # never follow a symlink planted at the target
+AT_FDCWD = -100  # linux/fcntl.h
+RENAME_NOREPLACE = 1  # linux/fs.h: renameat2 fails with EEXIST instead of replacing
+
+# Marks a target directory this driver made, so that unpublish removes only those (the CO's own
+# directory is not ours to delete). The trusted namespace takes CAP_SYS_ADMIN to write, and a pod never
+# sees the directory anyway: the volume is mounted over it.
+TARGET_MARKER = "trusted.btrfs-csi.target"
+_STAGED_TARGET_PREFIX = ".btrfs-csi-target-"
 
 # Mount options a publish may ask for (VolumeCapability.MountVolume.mount_flags), as mount(2) flags.
 # They are per-mount flags a bind mount can carry; filesystem options (compress=...) are the pool's.
@@ -43,6 +52,13 @@ MOUNT_OPTIONS: Mapping[str, int] = MappingProxyType(
         "nodiratime": MS_NODIRATIME,
     }
 )
+
+# Every publish carries these, whatever the pool's mount or the request says: a tenant's volume holds
+# files the tenant wrote, and neither its setuid binaries nor its device nodes may work on the node.
+ALWAYS_OPTIONS = frozenset({"nosuid", "nodev"})
+# Restrictions of the pool's own mount a publish keeps (the bind remount would otherwise drop them).
+KEPT_POOL_OPTIONS = frozenset({"nosuid", "nodev", "noexec"})
+ATIME_OPTIONS = frozenset({"noatime", "nodiratime"})
 
 StrPath = str | os.PathLike[str]
 
@@ -160,6 +176,8 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.mount.restype = ctypes.c_int
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.umount2.restype = ctypes.c_int
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.renameat2.restype = ctypes.c_int
 
 
 def _mount(source: str | None, target: str, flags: int, operation: str) -> None:
@@ -179,10 +197,11 @@ def mount_flags(options: Iterable[str]) -> int:
 
 
 def bind_mount(source: StrPath, target: StrPath, readonly: bool, options: Iterable[str] = ()) -> None:
-    """Bind-mounts source onto target, read-only when asked, with the given per-mount options.
+    """Bind-mounts source onto target, read-only when asked, with exactly the given per-mount options.
 
     A bind mount ignores flags on its first mount(2); read-only and the options take a second,
-    remounting call. Should that fail, the writable mount is taken down again rather than left behind.
+    remounting call, which sets exactly those flags (atime flags excepted: kept when none is given).
+    Should that fail, the mount is taken down again rather than left behind with the source's flags.
     """
     src, tgt = os.fspath(source), os.fspath(target)
     extra = mount_flags(options) | (MS_RDONLY if readonly else 0)
@@ -193,6 +212,15 @@ def bind_mount(source: StrPath, target: StrPath, readonly: bool, options: Iterab
         except BaseException:
             unmount(tgt)
             raise
+
+
+def published_options(pool_mount: MountEntry, requested: Iterable[str]) -> frozenset[str]:
+    """The per-mount options a publish gets: those requested, nosuid and nodev always, the pool mount's
+    nosuid, nodev and noexec, and the pool mount's atime options unless the request names its own."""
+    wanted = frozenset(requested)
+    kept = pool_mount.options & KEPT_POOL_OPTIONS
+    atime = frozenset() if wanted & ATIME_OPTIONS else pool_mount.options & ATIME_OPTIONS
+    return wanted | ALWAYS_OPTIONS | kept | atime
 
 
 def unmount(target: StrPath) -> None:
@@ -246,21 +274,74 @@ def check_target(target: StrPath, pool_root: StrPath, entries: Sequence[MountEnt
     return resolved
 
 
+def _rename_noreplace(source: str, target: str) -> None:
+    if _libc.renameat2(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), target)
+
+
+def _unmakeable_target(raw: str, exc: OSError) -> BaseException:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP):
+        # The CO makes the target's parent directory; a path that cannot hold one is its mistake.
+        return InvalidArgument(f"target path {shown_path(raw)} cannot be made: {os.strerror(exc.errno)}")
+    return error_from_os("create target directory", raw, exc)
+
+
 def _make_target_directory(resolved: str, raw: str) -> bool:
-    """Creates the target directory; True when made, False when a directory was there already."""
+    """Creates the target directory, marked as this driver's; True when made, False when a directory
+    was there already (the CO's: never marked, never removed by unpublish).
+
+    The directory is made and marked under a temporary name, then renamed into place without replacing
+    anything: a crash leaves no target or a marked one, never one unpublish would take for the CO's.
+    """
+    if os.path.lexists(resolved):
+        return _existing_directory(resolved, raw)
+    staged = os.path.join(os.path.dirname(resolved), _STAGED_TARGET_PREFIX + secrets.token_hex(8))
     try:
-        os.mkdir(resolved, 0o750)
-    except FileExistsError:
-        if not os.path.isdir(resolved) or os.path.islink(resolved):
-            raise InvalidArgument(f"target path {raw} exists and is not a directory") from None
-        return False
+        os.mkdir(staged, 0o750)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP):
-            # The CO makes the target's parent directory; a path that cannot hold one is its mistake.
-            raise InvalidArgument(
-                f"target path {shown_path(raw)} cannot be made: {os.strerror(exc.errno)}"
-            ) from None
-        raise error_from_os("create target directory", str(raw), exc) from None
+        raise _unmakeable_target(raw, exc) from None
+    try:
+        _mark(staged)
+        _rename_noreplace(staged, resolved)
+    except FileExistsError:  # made meanwhile by someone else
+        os.rmdir(staged)
+        return _existing_directory(resolved, raw)
+    except OSError as exc:
+        os.rmdir(staged)
+        raise _unmakeable_target(raw, exc) from None
+    except BaseException:
+        os.rmdir(staged)
+        raise
+    return True
+
+
+def _existing_directory(resolved: str, raw: str) -> bool:
+    if not os.path.isdir(resolved) or os.path.islink(resolved):
+        raise InvalidArgument(f"target path {raw} exists and is not a directory")
+    return False
+
+
+def _mark(directory: str) -> None:
+    try:
+        os.setxattr(directory, TARGET_MARKER, b"1", follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno != errno.ENOTSUP:
+            raise
+        # No trusted xattrs on this filesystem: the directory stays unmarked, so unpublish leaves it
+        # (an empty directory left behind, never a directory of the CO's removed).
+
+
+def _made_by_this_driver(resolved: str, raw: str) -> bool:
+    """Whether the directory at target carries the mark of _make_target_directory (False when absent)."""
+    try:
+        os.getxattr(resolved, TARGET_MARKER, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODATA, errno.ENOTSUP):
+            return False
+        if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise InvalidArgument(f"target path {shown_path(raw)}: {os.strerror(exc.errno)}") from None
+        raise error_from_os("read target directory mark", raw, exc) from None
     return True
 
 
@@ -284,24 +365,31 @@ def publish(
 ) -> bool:
     """Bind-mounts a volume directory at target; True when mounted now, False when it already was.
 
-    Already mounted from the same subvolume with the same read-only flag and options: nothing to do.
-    Something else, or the same volume with other flags, at target: AlreadyExists. exclusive: the
-    volume must not be mounted anywhere else (single-writer access modes), else InUse. The target
-    directory is created when absent and removed again if the mount fails.
+    The mount gets `published_options`: never fewer restrictions than the pool's own mount, and never
+    setuid or device files. Already mounted from the same subvolume with exactly the read-only flag
+    and options this request would get: nothing to do. Something else, or the same volume with other
+    flags, at target: AlreadyExists. exclusive: the volume must not be mounted anywhere else
+    (single-writer access modes), else InUse. The target directory is created when absent and removed
+    again if the mount fails.
     """
-    wanted = frozenset(options)
-    mount_flags(wanted)  # refuse unknown options before touching anything
+    mount_flags(options)  # refuse unknown options before touching anything
     entries = mountinfo()
     resolved = check_target(target, pool_root, entries)
     identity = location(source, entries)
+    pool_mount = mount_of(source, entries)
+    if pool_mount is None:
+        raise NotFound(f"{source} is on no mounted filesystem")
+    wanted = published_options(pool_mount, options)
+    readonly = readonly or pool_mount.readonly
     current = mount_at(resolved, entries)
     if current is not None:
         if current.identity != identity:
             raise AlreadyExists(f"{target} already has {current.root} of {current.device} mounted")
-        if current.readonly != readonly or not wanted <= _options_of(current):
+        if current.readonly != readonly or _options_of(current) != wanted:
             raise AlreadyExists(
                 f"{target} already has this volume mounted {'ro' if current.readonly else 'rw'} with "
-                f"options {sorted(_options_of(current))}, not the ones asked for"
+                f"options {sorted(_options_of(current))}, not {'ro' if readonly else 'rw'} with "
+                f"{sorted(wanted)} as this request asks"
             )
         return False
     if exclusive:
@@ -319,10 +407,12 @@ def publish(
 
 
 def unpublish(source: StrPath, target: StrPath, *, pool_root: StrPath) -> bool:
-    """Unmounts the volume at source from target and removes the target directory; True if unmounted.
+    """Unmounts the volume at source from target and removes the target directory if publish made it;
+    True if unmounted.
 
-    Nothing mounted at target: only the (empty) directory is removed, so a repeat call succeeds. A
-    different filesystem mounted at target is left alone: InUse.
+    Nothing mounted at target: only the (empty) directory publish made is removed, so a repeat call
+    succeeds. A directory the CO made is left to the CO. A different filesystem mounted at target is
+    left alone: InUse.
     """
     raw = os.fspath(target)
     entries = mountinfo()
@@ -337,12 +427,12 @@ def unpublish(source: StrPath, target: StrPath, *, pool_root: StrPath) -> bool:
         unmount(resolved)
         unmounted = True
         entries = mountinfo()
+    if not _made_by_this_driver(resolved, raw):
+        return unmounted
     try:
         os.rmdir(resolved)
     except FileNotFoundError:
         pass
-    except NotADirectoryError:
-        raise InUse(f"{shown_path(raw)} is not a directory this driver made") from None
     except OSError as exc:
         if exc.errno == errno.ENOTEMPTY:
             raise InUse(f"{raw} is not empty: something other than this volume was put there") from None

@@ -55,6 +55,9 @@ MAX_NAME_BYTES = 128
 # IDs are directory names: a letter or digit first, so never "." or "..", and no "/" or NUL.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _PLAIN_NAME_CHARS = 100  # longer names are hashed, leaving room for staging suffixes
+# The shape of a hashed ID: a name of this shape is hashed too, or it would share its ID with the name
+# it is the hash of (two different volumes, one directory).
+_HASHED_ID = re.compile(r"h-[0-9a-f]{40}")
 # Below this many free bytes under its limit a volume counts as full: writes are about to get EDQUOT.
 FULL_MARGIN_BYTES = 128 << 10
 
@@ -125,7 +128,7 @@ def _object_id(name: str, kind: str) -> str:
         raise InvalidArgument(f"{kind} name contains a NUL character")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise InvalidArgument(f"{kind} name is longer than {MAX_NAME_BYTES} bytes")
-    if _ID.fullmatch(name) and len(name) <= _PLAIN_NAME_CHARS:
+    if _ID.fullmatch(name) and len(name) <= _PLAIN_NAME_CHARS and not _HASHED_ID.fullmatch(name):
         return name
     return "h-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 

@@ -58,6 +58,11 @@ def resource_exhausted(message: str) -> CsiError:
     return CsiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
+def unavailable(message: str) -> CsiError:
+    """Overload: the CO retries with back-off (RESOURCE_EXHAUSTED would send the pod elsewhere)."""
+    return CsiError(grpc.StatusCode.UNAVAILABLE, message)
+
+
 def unimplemented(method: str) -> CsiError:
     return CsiError(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this driver")
 

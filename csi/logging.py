@@ -7,6 +7,7 @@ left out by construction.
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -29,6 +30,10 @@ LOGGED_FIELDS = (
 )
 MAX_LOGGED_CHARS = 200
 _CSI_SECRET = csi_pb2.csi_secret
+# What a terminal or a log viewer would act on instead of showing: C0 and C1 controls (ESC starts escape
+# sequences, CR overwrites the line, NUL cuts it), DEL, Unicode line separators and bidi overrides.
+# The backslash is escaped too, so an escape in the log always stands for the character it names.
+_CONTROL = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _is_secret(message: Message, name: str) -> bool:
@@ -38,6 +43,11 @@ def _is_secret(message: Message, name: str) -> bool:
 
 def _cut(value: str) -> str:
     return value if len(value) <= MAX_LOGGED_CHARS else value[:MAX_LOGGED_CHARS] + "..."
+
+
+def escape_controls(text: str) -> str:
+    """Text with every control character written as a visible escape (\\x1b, \\r, \\u202e)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def request_fields(request: Message) -> dict[str, str]:
@@ -59,20 +69,28 @@ def request_fields(request: Message) -> dict[str, str]:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-01-02T03:04:05.678Z INFO csi.rpc message key=value ...`"""
+    """`2026-01-02T03:04:05.678Z INFO csi.rpc message key=value ...`
+
+    Names and paths come from requests: control characters in them are escaped, so a request can
+    neither drive the terminal that shows the log nor forge a line of it.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} {record.getMessage()}"
+        message = escape_controls(record.getMessage())
+        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} {message}"
         fields: Mapping[str, Any] = getattr(record, "fields", {})
         for key, value in fields.items():
             if key == "method" and value == record.msg:
                 continue  # already the message of an RPC line
-            text = str(value)
-            quote = not text or any(c in text for c in ' ="\n')
-            line += f" {key}={json.dumps(text) if quote else text}"
+            text = escape_controls(str(value))
+            if not text or any(c in text for c in ' ="'):
+                text = '"' + text.replace('"', '\\"') + '"'
+            line += f" {key}={text}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A traceback keeps its lines; what the lines quote (an exception's message) is escaped.
+            trace = self.formatException(record.exc_info).split("\n")
+            line += "\n" + "\n".join(escape_controls(part) for part in trace)
         return line
 
 

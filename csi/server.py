@@ -1,5 +1,5 @@
-"""The gRPC server: bounded worker pool, message limits, the unix socket, and the one interceptor that
-maps errors to status codes and logs one line per RPC.
+"""The gRPC server: bounded worker pool, a bounded queue per connection, message limits, the unix socket,
+and the one interceptor that maps errors to status codes and logs one line per RPC.
 
 Metrics hook: `build_server(..., interceptors=[...])` puts extra interceptors OUTSIDE the error-mapping
 one, so they see every RPC after its status is settled. An outer interceptor reads the outcome of a call
@@ -11,22 +11,27 @@ import logging
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
-from csi.errors import status_for
+from csi.errors import status_for, unavailable
 from csi.logging import RPC_LOGGER, request_fields
 from csi.pb import csi_pb2_grpc
 
 log = logging.getLogger(RPC_LOGGER)
 
 MAX_MESSAGE_BYTES = 4 << 20  # CSI messages are a few KiB; anything near this is not a CO talking
-QUEUED_RPCS_PER_WORKER = 4  # beyond workers x this, new RPCs get RESOURCE_EXHAUSTED instead of queueing
+# Load is queued, never refused as RESOURCE_EXHAUSTED: grpc's own maximum_concurrent_rpcs answers that,
+# and the external-provisioner reads it as "no space on this node" and reschedules the pod. Up to this
+# many RPCs per worker wait for a worker; beyond that the queue is full and new RPCs get UNAVAILABLE at
+# once (the CO retries with back-off). The sidecars send at most a few hundred calls at once.
+QUEUED_RPCS_PER_WORKER = 64
 # Polled by the CO (liveness probe, discovery, kubelet volume stats, provisioner capacity tracking):
 # logged at DEBUG when they succeed, so the INFO log shows what changed. Failures are always WARNING.
 QUIET_METHODS = frozenset(
@@ -43,6 +48,42 @@ QUIET_METHODS = frozenset(
 )
 
 Behaviour = Callable[[Any, grpc.ServicerContext], Any]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+_overflow = threading.local()  # `active` is True on the thread that answers RPCs beyond the queue
+
+
+def _on_overflow_thread() -> None:
+    _overflow.active = True
+
+
+class QueueingExecutor(futures.ThreadPoolExecutor):
+    """The RPC workers and a bounded queue before them. An RPC beyond the queue runs on a thread of its
+    own instead, where the error-mapping interceptor answers UNAVAILABLE without doing any work."""
+
+    def __init__(self, max_workers: int, max_queued: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="csi-rpc")
+        self._slots = threading.BoundedSemaphore(max_workers + max_queued)
+        self._overflow = futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="csi-rpc-overflow", initializer=_on_overflow_thread
+        )
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
+        if not self._slots.acquire(blocking=False):
+            return self._overflow.submit(fn, *args, **kwargs)
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait, cancel_futures=cancel_futures)
+        self._overflow.shutdown(wait, cancel_futures=cancel_futures)
 
 
 class ServeError(Exception):
@@ -78,6 +119,8 @@ def _mapped(method: str, inner: Behaviour) -> Behaviour:
     def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
         start = time.monotonic()
         try:
+            if getattr(_overflow, "active", False):
+                raise unavailable(f"the driver is busy (workers and queue full): retry {method} later")
             response = inner(request, context)
         except Exception as exc:
             mapped = status_for(exc)
@@ -126,13 +169,12 @@ def build_server(
 ) -> grpc.Server:
     """The server with the three CSI services. `interceptors` (e.g. metrics) wrap the error mapping."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="csi-rpc"),
+        QueueingExecutor(max_workers, max_queued=max_workers * QUEUED_RPCS_PER_WORKER),
         interceptors=[*interceptors, ErrorMappingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
-        maximum_concurrent_rpcs=max_workers * QUEUED_RPCS_PER_WORKER,
     )
     csi_pb2_grpc.add_IdentityServicer_to_server(identity, server)
     csi_pb2_grpc.add_ControllerServicer_to_server(controller, server)

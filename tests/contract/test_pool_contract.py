@@ -130,6 +130,18 @@ def test_get_list_delete(pool: Pool) -> None:
     assert os.listdir(pool.staging_dir) == []
 
 
+def test_a_name_shaped_like_a_hashed_id_is_another_volume(pool: Pool) -> None:
+    unsafe = pool.create_volume("pvc with spaces", 8 * MiB)
+    assert unsafe.id.startswith("h-")
+    # The hashed ID used as a name is a different name: a volume of its own, both usable, in any order.
+    shaped = pool.create_volume(unsafe.id, 8 * MiB)
+    assert shaped.id != unsafe.id and shaped.name == unsafe.id
+    assert pool.create_volume("pvc with spaces", 8 * MiB) == unsafe
+    assert {v.name for v in pool.list_volumes()} == {"pvc with spaces", unsafe.id}
+    snapshot = pool.create_snapshot(unsafe.id, shaped.id)
+    assert pool.create_snapshot(snapshot.id, unsafe.id).id not in (snapshot.id, unsafe.id)
+
+
 def test_snapshot_restore_and_clone(pool: Pool) -> None:
     pool.create_volume("src", 8 * MiB)
     (pool.volume_path("src") / "data").write_bytes(b"payload" * 1000)

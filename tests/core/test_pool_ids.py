@@ -90,3 +90,15 @@ def test_every_accepted_name_gives_a_safe_stable_id(name: str) -> None:
 @given(st.lists(st.text(min_size=1, max_size=32).filter(lambda s: "\x00" not in s), unique=True, max_size=30))
 def test_distinct_names_give_distinct_ids(names: list[str]) -> None:
     assert len({Pool.volume_id(name) for name in names}) == len(names)
+
+
+def test_a_name_shaped_like_a_hashed_id_gets_an_id_of_its_own() -> None:
+    # "h-" + 40 hex is what a long or unsafe name hashes to: kept as it is, it would be that name's ID.
+    unsafe = "pvc with spaces"
+    shaped = Pool.volume_id(unsafe)
+    assert shaped == _hashed(unsafe)
+    assert Pool.volume_id(shaped) == _hashed(shaped) != shaped
+    assert Pool.snapshot_id(shaped) == _hashed(shaped)
+    # Only that exact shape: other names that start with h- keep their IDs, as existing volumes have them.
+    for kept in ("h-1", "h-" + "0" * 39, "h-" + "0" * 41, "h-" + "A" * 40, "H-" + "0" * 40):
+        assert Pool.volume_id(kept) == kept

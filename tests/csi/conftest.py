@@ -126,7 +126,8 @@ def socket_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _serve(pool: Pool, socket_dir: Path) -> Iterator[Client]:
+def serve(pool: Pool, socket_dir: Path) -> Iterator[Client]:
+    """The driver serving `pool` on socket_dir/csi.sock, and a client of it; stopped afterwards."""
     config = Config(socket_path=socket_dir / "csi.sock", node_id=NODE_ID, pool=pool.root, max_workers=4)
     driver = start(config, pool)
     channel = grpc.insecure_channel(config.endpoint)
@@ -145,10 +146,10 @@ def _serve(pool: Pool, socket_dir: Path) -> Iterator[Client]:
 @pytest.fixture
 def csi(any_pool: Pool, socket_dir: Path) -> Iterator[Client]:
     """A client of the driver serving the fake or the kernel pool."""
-    yield from _serve(any_pool, socket_dir)
+    yield from serve(any_pool, socket_dir)
 
 
 @pytest.fixture
 def kcsi(kernel_pool: Pool, socket_dir: Path) -> Iterator[Client]:
     """A client of the driver serving a real btrfs pool (node tests, the data path)."""
-    yield from _serve(kernel_pool, socket_dir)
+    yield from serve(kernel_pool, socket_dir)

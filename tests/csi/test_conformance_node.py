@@ -4,14 +4,18 @@
 import contextlib
 import errno
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import grpc
 import pytest
 
 from btrfs_core import mounts
+from btrfs_core.pool import Pool
 from csi.pb import csi_pb2
-from tests.csi.conftest import NODE_ID, Client, MiB, Mode, code_of, mount_capability, tree
+from tests.csi.conftest import NODE_ID, Client, MiB, Mode, code_of, mount_capability, serve, tree
 
 pytestmark = pytest.mark.kernel
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -443,3 +447,106 @@ def test_unknown_volume_or_relative_path_is_not_found(kcsi: Client, tmp_path: Pa
         assert code_of(call, request(volume.volume_id, bad)) == INVALID
     assert kcsi.pool.get_volume(volume.volume_id).capacity == 16 * MiB
     kcsi.unpublish(volume.volume_id, target)
+
+
+# what a publish lets the pod do on the node
+
+NOBODY = 65534
+
+
+def remount_pool(client: Client, options: str) -> None:
+    """Changes the per-mount flags of the pool's own mount (what an operator's fstab would set)."""
+    root = str(client.pool.root)
+    subprocess.run(["mount", "-o", f"remount,bind,{options}", root, root], check=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("flags", "readonly"), [([], False), (["noatime"], False), ([], True)], ids=["none", "noatime", "ro"]
+)
+def test_publish_keeps_the_pool_mounts_restrictions(
+    kcsi: Client, tmp_path: Path, flags: list[str], readonly: bool
+) -> None:
+    volume = kcsi.create_volume("pvc-1")
+    remount_pool(kcsi, "noexec")
+    target = tmp_path / "t"
+    kcsi.publish(volume.volume_id, target, readonly, mount_capability(mount_flags=flags))
+    mount = mounts.mount_at(target)
+    assert mount is not None and mount.readonly is readonly
+    assert {"noexec", "nosuid", "nodev", *flags} <= mount.options
+    # The same publish again is the same mount; one that would lift a restriction is not.
+    kcsi.publish(volume.volume_id, target, readonly, mount_capability(mount_flags=flags))
+    kcsi.unpublish(volume.volume_id, target)
+
+
+def test_a_setuid_binary_in_a_volume_gives_a_pod_no_privileges(kcsi: Client) -> None:
+    volume = kcsi.create_volume("pvc-1")
+    pods = Path(tempfile.mkdtemp(prefix="btrfs-csi-pod-"))  # pytest's tmp_path is closed to other uids
+    try:
+        pods.chmod(0o755)
+        target = pods / "t"
+        kcsi.publish(volume.volume_id, target)  # the pool's mount allows setuid: the publish must not
+        binary = target / "id"
+        shutil.copy("/usr/bin/id", binary)  # root's, setuid: what a compromised pod could leave there
+        binary.chmod(0o4755)
+        os.chmod(target, 0o755)
+        pod = subprocess.run(
+            [str(binary), "-u"], user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True, timeout=30
+        )
+        assert pod.returncode == 0, pod.stderr
+        assert pod.stdout.decode().strip() == str(NOBODY)  # not 0: the setuid bit did not apply
+        assert {"nosuid", "nodev"} <= mounts.mount_at(target).options  # type: ignore[union-attr]
+        kcsi.unpublish(volume.volume_id, target)
+    finally:
+        shutil.rmtree(pods, ignore_errors=True)
+
+
+def test_second_publish_with_fewer_flags_is_already_exists(kcsi: Client, tmp_path: Path) -> None:
+    volume = kcsi.create_volume("pvc-1")
+    target = tmp_path / "t"
+    kcsi.publish(volume.volume_id, target, capability=mount_capability(mount_flags=["noexec", "noatime"]))
+    publish = kcsi.node.NodePublishVolume
+    for flags in ([], ["noexec"], ["noatime"], ["noexec", "noatime", "nodiratime"]):
+        request = publish_request(
+            volume.volume_id, target, volume_capability=mount_capability(mount_flags=flags)
+        )
+        assert code_of(publish, request) == grpc.StatusCode.ALREADY_EXISTS, flags
+    same = mount_capability(mount_flags=["noatime", "noexec", "nosuid"])  # nosuid: there anyway
+    assert (
+        code_of(publish, publish_request(volume.volume_id, target, volume_capability=same))
+        == grpc.StatusCode.OK
+    )
+    kcsi.unpublish(volume.volume_id, target)
+    kcsi.publish(volume.volume_id, target, readonly=True)
+    assert code_of(publish, publish_request(volume.volume_id, target)) == grpc.StatusCode.ALREADY_EXISTS
+    kcsi.unpublish(volume.volume_id, target)
+
+
+def test_unpublish_removes_only_a_target_directory_it_made(kcsi: Client, tmp_path: Path) -> None:
+    volume = kcsi.create_volume("pvc-1")
+    made_by_the_co = tmp_path / "co"
+    made_by_the_co.mkdir()
+    kcsi.publish(volume.volume_id, made_by_the_co)
+    kcsi.unpublish(volume.volume_id, made_by_the_co)
+    assert made_by_the_co.is_dir() and mounts.mount_at(made_by_the_co) is None
+    kcsi.unpublish(volume.volume_id, made_by_the_co)  # again: still OK, still there
+    assert made_by_the_co.is_dir()
+    made_by_the_driver = tmp_path / "driver"
+    kcsi.publish(volume.volume_id, made_by_the_driver)
+    # The mark is on the directory under the mount, not on the volume a pod can write to.
+    assert mounts.TARGET_MARKER not in os.listxattr(made_by_the_driver)
+    kcsi.unpublish(volume.volume_id, made_by_the_driver)
+    assert not made_by_the_driver.exists()
+    assert sorted(os.listdir(tmp_path)) == ["co"]  # no temporary directory left behind
+
+
+def test_the_target_mark_survives_a_restart(kcsi: Client, tmp_path: Path, socket_dir: Path) -> None:
+    volume = kcsi.create_volume("pvc-1")
+    target = tmp_path / "t"
+    kcsi.publish(volume.volume_id, target)
+    assert kcsi.driver is not None
+    kcsi.driver.stop(0)
+    # A new driver process knows nothing of the last one's publishes: the mark on the directory tells.
+    (socket_dir / "again").mkdir()
+    with contextlib.contextmanager(serve)(Pool.open(kcsi.pool.root), socket_dir / "again") as again:
+        again.unpublish(volume.volume_id, target)
+    assert not target.exists()

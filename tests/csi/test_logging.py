@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import sys
 
 from csi.logging import JsonFormatter, TextFormatter, request_fields
 from csi.pb import csi_pb2
@@ -67,3 +68,27 @@ def test_setup_routes_driver_and_core_loggers() -> None:
             logger.handlers.clear()
             logger.setLevel(logging.NOTSET)
             logger.propagate = True
+
+
+def test_text_format_escapes_control_characters() -> None:
+    # A name or path from a request must neither drive the terminal (ESC), rewrite the line (CR), cut it
+    # (NUL) nor forge a second line; the message and each field are escaped, backslashes doubled.
+    hostile = "a\x1b[31mred\r\x00\nFAKE \x9b\u202e\\x1b"
+    rec = record({"method": "CreateVolume", "code": "OK", "name": hostile, "target_path": "/t\x07"})
+    rec.msg = "message " + hostile
+    line = TextFormatter().format(rec)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c == "\u202e" for c in line)
+    shown = "a\\x1b[31mred\\r\\x00\\nFAKE \\x9b\\u202e\\\\x1b"
+    fields = f'method=CreateVolume code=OK name="{shown}" target_path=/t\\x07'
+    assert line.endswith(f"csi.rpc message {shown} {fields}")
+
+
+def test_text_format_escapes_what_a_traceback_quotes() -> None:
+    try:
+        raise ValueError("volume \x1b]0;pwned\x07")
+    except ValueError:
+        rec = record({"method": "CreateVolume", "code": "INTERNAL"})
+        rec.exc_info = sys.exc_info()
+    lines = TextFormatter().format(rec).split("\n")
+    assert lines[0].endswith("code=INTERNAL") and lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: volume \\x1b]0;pwned\\x07"

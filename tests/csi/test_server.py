@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -269,3 +270,55 @@ def test_unknown_service_is_unimplemented(fake_pool: Pool, socket_dir: Path) -> 
     finally:
         stop()
     assert not os.path.exists(socket_dir / "csi.sock")
+
+
+@pytest.mark.kernel
+def test_overload_is_queued_never_resource_exhausted(kernel_pool: Pool, socket_dir: Path) -> None:
+    """160 CreateVolume at once over the real socket (4 workers): each is served in turn. RESOURCE_EXHAUSTED
+    would tell the external-provisioner the node has no room, and it would reschedule the pod."""
+    client, stop = serve(kernel_pool, socket_dir)
+    try:
+        calls = [client.controller.CreateVolume.future(request(f"load-{i}"), timeout=120) for i in range(160)]
+        codes = [outcome(call) for call in calls]
+    finally:
+        stop()
+    assert Counter(codes) == {grpc.StatusCode.OK: 160}
+    assert len(kernel_pool.list_volume_ids()) == 160
+
+
+def test_beyond_the_queue_calls_are_unavailable_never_resource_exhausted(
+    fake_pool: Pool, socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("csi.server.QUEUED_RPCS_PER_WORKER", 1)  # 4 workers + 4 queued
+    entered, release = threading.Semaphore(0), threading.Event()
+
+    def slow_create(*args: Any, **kwargs: Any) -> Any:
+        entered.release()
+        release.wait(30)
+        return fake_pool.create_volume(*args, **kwargs)
+
+    client, stop = serve(PoolWrapper(fake_pool, create_volume=slow_create), socket_dir)
+    try:
+        answered = threading.Semaphore(0)
+        calls = [client.controller.CreateVolume.future(request(f"busy-{i}"), timeout=60) for i in range(20)]
+        for call in calls:
+            call.add_done_callback(lambda _call: answered.release())
+        for _ in range(4):
+            assert entered.acquire(timeout=30)  # the workers are all taken
+        for _ in range(12):
+            assert answered.acquire(timeout=30)  # the queue is full: the rest are answered at once
+        release.set()
+        codes = Counter(outcome(call) for call in calls)
+    finally:
+        release.set()
+        stop()
+    assert codes == {grpc.StatusCode.OK: 8, grpc.StatusCode.UNAVAILABLE: 12}
+
+
+def outcome(call: Any) -> grpc.StatusCode:
+    """The status code of a call started with .future() (OK when it succeeds)."""
+    try:
+        call.result()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
