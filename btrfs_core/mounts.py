@@ -22,15 +22,21 @@ from btrfs_core.ioctl import error_from_os
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 
-# mount(2) flags, from linux/mount.h.
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_NOATIME = 1024
-MS_NODIRATIME = 2048
-MS_BIND = 4096
+# The new mount API (linux/mount.h, linux/fcntl.h): a bind mount is cloned detached, given its flags,
+# then attached, so no instant shows it with the source's flags, however the driver dies.
+SYS_OPEN_TREE = 428  # one number on every architecture (the unified table of asm-generic/unistd.h)
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442  # Linux 5.12+
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70  # the atime setting is a value in these bits: changing it clears them all
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_NODIRATIME = 0x80
 UMOUNT_NOFOLLOW = 8  # never follow a symlink planted at the target
 AT_FDCWD = -100  # linux/fcntl.h
 RENAME_NOREPLACE = 1  # linux/fs.h: renameat2 fails with EEXIST instead of replacing
@@ -41,22 +47,22 @@ RENAME_NOREPLACE = 1  # linux/fs.h: renameat2 fails with EEXIST instead of repla
 TARGET_MARKER = "trusted.btrfs-csi.target"
 _STAGED_TARGET_PREFIX = ".btrfs-csi-target-"
 
-# Mount options a publish may ask for (VolumeCapability.MountVolume.mount_flags), as mount(2) flags.
+# Mount options a publish may ask for (VolumeCapability.MountVolume.mount_flags), as mount attributes.
 # They are per-mount flags a bind mount can carry; filesystem options (compress=...) are the pool's.
 MOUNT_OPTIONS: Mapping[str, int] = MappingProxyType(
     {
-        "nosuid": MS_NOSUID,
-        "nodev": MS_NODEV,
-        "noexec": MS_NOEXEC,
-        "noatime": MS_NOATIME,
-        "nodiratime": MS_NODIRATIME,
+        "nosuid": MOUNT_ATTR_NOSUID,
+        "nodev": MOUNT_ATTR_NODEV,
+        "noexec": MOUNT_ATTR_NOEXEC,
+        "noatime": MOUNT_ATTR_NOATIME,
+        "nodiratime": MOUNT_ATTR_NODIRATIME,
     }
 )
 
 # Every publish carries these, whatever the pool's mount or the request says: a tenant's volume holds
 # files the tenant wrote, and neither its setuid binaries nor its device nodes may work on the node.
 ALWAYS_OPTIONS = frozenset({"nosuid", "nodev"})
-# Restrictions of the pool's own mount a publish keeps (the bind remount would otherwise drop them).
+# Restrictions of the pool's own mount a publish keeps (setting a bind mount's flags would drop them).
 KEPT_POOL_OPTIONS = frozenset({"nosuid", "nodev", "noexec"})
 ATIME_OPTIONS = frozenset({"noatime", "nodiratime"})
 
@@ -169,25 +175,37 @@ def mounted_source(target: StrPath) -> tuple[str, str] | None:
     return mount.identity if mount else None
 
 
-# mount(2) and umount2(2) through libc: Python has no binding, and the mount(8) CLI would be a
-# subprocess per publish.
+# The mount syscalls through libc: Python has no binding, and the mount(8) CLI would be a subprocess
+# per publish.
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
-_libc.mount.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.umount2.restype = ctypes.c_int
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _libc.renameat2.restype = ctypes.c_int
 
 
-def _mount(source: str | None, target: str, flags: int, operation: str) -> None:
-    src = os.fsencode(source) if source is not None else None
-    if _libc.mount(src, os.fsencode(target), None, flags, None) != 0:
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr (linux/mount.h, MOUNT_ATTR_SIZE_VER0)."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _syscall(number: int, operation: str, path: str, *args: object) -> int:
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
         code = ctypes.get_errno()
-        raise error_from_os(operation, target, OSError(code, os.strerror(code)))
+        raise error_from_os(operation, path, OSError(code, os.strerror(code)))
+    return result
 
 
 def mount_flags(options: Iterable[str]) -> int:
+    """The MOUNT_ATTR_* bits of mount options; an option publish cannot set is InvalidArgument."""
     flags = 0
     for option in options:
         if option not in MOUNT_OPTIONS:
@@ -197,21 +215,47 @@ def mount_flags(options: Iterable[str]) -> int:
 
 
 def bind_mount(source: StrPath, target: StrPath, readonly: bool, options: Iterable[str] = ()) -> None:
-    """Bind-mounts source onto target, read-only when asked, with exactly the given per-mount options.
+    """Bind-mounts source onto target, read-only when asked, with the given per-mount options added to
+    those the source's mount has (atime options replace the source's).
 
-    A bind mount ignores flags on its first mount(2); read-only and the options take a second,
-    remounting call, which sets exactly those flags (atime flags excepted: kept when none is given).
-    Should that fail, the mount is taken down again rather than left behind with the source's flags.
+    One step as the kernel sees it: a detached clone of source gets its flags, then is attached at
+    target. A driver killed before the attach leaves nothing (the clone dies with its descriptor).
     """
     src, tgt = os.fspath(source), os.fspath(target)
-    extra = mount_flags(options) | (MS_RDONLY if readonly else 0)
-    _mount(src, tgt, MS_BIND, "bind mount")
-    if extra:
-        try:
-            _mount(None, tgt, MS_REMOUNT | MS_BIND | extra, "remount bind mount")
-        except BaseException:
-            unmount(tgt)
-            raise
+    flags = mount_flags(options) | (MOUNT_ATTR_RDONLY if readonly else 0)
+    attr = _MountAttr(attr_set=flags, attr_clr=MOUNT_ATTR__ATIME if flags & MOUNT_ATTR__ATIME else 0)
+    fd = _syscall(
+        SYS_OPEN_TREE,
+        "bind mount",
+        src,
+        AT_FDCWD,
+        os.fsencode(src),
+        ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC),
+    )
+    try:
+        if flags:
+            _syscall(
+                SYS_MOUNT_SETATTR,
+                "set bind mount flags",
+                tgt,
+                fd,
+                b"",
+                ctypes.c_uint(AT_EMPTY_PATH),
+                ctypes.byref(attr),
+                ctypes.c_size_t(ctypes.sizeof(attr)),
+            )
+        _syscall(
+            SYS_MOVE_MOUNT,
+            "attach bind mount",
+            tgt,
+            fd,
+            b"",
+            AT_FDCWD,
+            os.fsencode(tgt),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        )
+    finally:
+        os.close(fd)
 
 
 def published_options(pool_mount: MountEntry, requested: Iterable[str]) -> frozenset[str]:

@@ -57,7 +57,7 @@ def test_location_is_device_and_path_inside_the_filesystem(entries: list[mounts.
 
 
 def test_mount_flags() -> None:
-    assert mounts.mount_flags(["nosuid", "nodev"]) == mounts.MS_NOSUID | mounts.MS_NODEV
+    assert mounts.mount_flags(["nosuid", "nodev"]) == mounts.MOUNT_ATTR_NOSUID | mounts.MOUNT_ATTR_NODEV
     with pytest.raises(InvalidArgument, match="not one of"):
         mounts.mount_flags(["uid=0"])
 
