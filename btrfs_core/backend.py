@@ -6,7 +6,7 @@ from typing import Protocol
 
 from btrfs_core import filesystem, quota, subvolume
 from btrfs_core.errors import KernelError
-from btrfs_core.models import FsUsage, QgroupUsage, QuotaMode, QuotaStatus, SubvolumeInfo
+from btrfs_core.models import FsUsage, PoolSpace, QgroupUsage, QuotaMode, QuotaStatus, SubvolumeInfo
 
 
 class Backend(Protocol):
@@ -32,6 +32,7 @@ class Backend(Protocol):
     def usage_all(self) -> dict[int, QgroupUsage]: ...
     def remove_stale_qgroups(self) -> list[int]: ...
     def fs_usage(self) -> FsUsage: ...
+    def space(self) -> PoolSpace: ...
     def sync(self) -> None: ...
 
 
@@ -97,6 +98,9 @@ class KernelBackend:
 
     def fs_usage(self) -> FsUsage:
         return filesystem.usage(self.root)
+
+    def space(self) -> PoolSpace:
+        return filesystem.space(self.root)
 
     def sync(self) -> None:
         filesystem.sync(self.root)

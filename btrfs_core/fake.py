@@ -11,7 +11,15 @@ import uuid
 from pathlib import Path
 
 from btrfs_core.errors import InvalidArgument, KernelError, NotFound
-from btrfs_core.models import FsUsage, QgroupUsage, QuotaMode, QuotaStatus, SubvolumeInfo
+from btrfs_core.models import (
+    BlockGroups,
+    FsUsage,
+    PoolSpace,
+    QgroupUsage,
+    QuotaMode,
+    QuotaStatus,
+    SubvolumeInfo,
+)
 
 _ID_XATTR = "user.fake-btrfs.id"
 
@@ -157,6 +165,11 @@ class FakeBackend:
     def fs_usage(self) -> FsUsage:
         used = sum(self._bytes(subvolume_id) for subvolume_id in self._info)
         return FsUsage(self.size, used, self.size - used)
+
+    def space(self) -> PoolSpace:
+        # One mixed block group as big as the fake's size: no device space left to allocate.
+        groups = BlockGroups(self.size, self.fs_usage().used, copies=1)
+        return PoolSpace(groups, groups, global_reserve=0, unallocated=0, mixed=True)
 
     def sync(self) -> None:
         self.syncs += 1

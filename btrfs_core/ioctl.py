@@ -113,6 +113,36 @@ class GetSubvolInfoArgs(ctypes.Structure):
     ]
 
 
+class FsInfoArgs(ctypes.Structure):
+    _fields_ = [
+        ("max_id", u64),
+        ("num_devices", u64),
+        ("fsid", u8 * 16),
+        ("nodesize", u32),
+        ("sectorsize", u32),
+        ("clone_alignment", u32),
+        ("csum_type", ctypes.c_uint16),
+        ("csum_size", ctypes.c_uint16),
+        ("flags", u64),
+        ("generation", u64),
+        ("metadata_uuid", u8 * 16),
+        ("reserved", u8 * 944),
+    ]
+
+
+class DevInfoArgs(ctypes.Structure):
+    _fields_ = [
+        ("devid", u64),
+        ("uuid", u8 * 16),
+        ("bytes_used", u64),  # raw bytes allocated to block groups on this device
+        ("total_bytes", u64),
+        ("unused", u64 * 379),
+        ("path", ctypes.c_char * 1024),
+    ]
+
+
+SPACE_ARGS = struct.Struct("<QQ")  # space_slots (in), total_spaces (out); then space_info[] follow
+SPACE_INFO = struct.Struct("<QQQ")  # flags, total_bytes, used_bytes (logical bytes of that profile)
 SEARCH_ARGS_V2_HEADER = ctypes.sizeof(SearchKey) + 8  # key + u64 buf_size, then the caller's buffer
 SEARCH_HEADER = struct.Struct("<QQQII")  # transid, objectid, offset, type, len
 
@@ -124,6 +154,9 @@ IOC_SNAP_CREATE_V2 = _ioc(_WRITE, 23, ctypes.sizeof(VolArgsV2))
 IOC_SUBVOL_CREATE_V2 = _ioc(_WRITE, 24, ctypes.sizeof(VolArgsV2))
 IOC_SUBVOL_GETFLAGS = _ioc(_READ, 25, 8)
 IOC_SUBVOL_SETFLAGS = _ioc(_WRITE, 26, 8)
+IOC_SPACE_INFO = _ioc(_READ | _WRITE, 20, SPACE_ARGS.size)
+IOC_DEV_INFO = _ioc(_READ | _WRITE, 30, ctypes.sizeof(DevInfoArgs))
+IOC_FS_INFO = _ioc(_READ, 31, ctypes.sizeof(FsInfoArgs))
 IOC_QUOTA_CTL = _ioc(_READ | _WRITE, 40, ctypes.sizeof(QuotaCtlArgs))
 IOC_QGROUP_CREATE = _ioc(_WRITE, 42, ctypes.sizeof(QgroupCreateArgs))
 IOC_QGROUP_LIMIT = _ioc(_READ, 43, ctypes.sizeof(QgroupLimitArgs))  # declared _IOR by the header
@@ -132,11 +165,19 @@ IOC_QUOTA_RESCAN_WAIT = _ioc(_NONE, 46, 0)
 IOC_GET_SUBVOL_INFO = _ioc(_READ, 60, ctypes.sizeof(GetSubvolInfoArgs))
 
 assert ctypes.sizeof(VolArgsV2) == 4096 and ctypes.sizeof(GetSubvolInfoArgs) == 504
+assert ctypes.sizeof(DevInfoArgs) == 4096 and ctypes.sizeof(FsInfoArgs) == 1024
 
 SUBVOL_RDONLY = 1 << 1  # in vol_args_v2 and SUBVOL_GET/SETFLAGS
 ROOT_SUBVOL_RDONLY = 1 << 0  # the same, as the root item (GET_SUBVOL_INFO) stores it
 QUOTA_CTL_ENABLE, QUOTA_CTL_DISABLE, QUOTA_CTL_ENABLE_SIMPLE = 1, 2, 4
 QGROUP_LIMIT_MAX_RFER = 1
+
+# Block group flags (btrfs_tree.h): the type, the profile, and SPACE_INFO's global reserve entry
+BLOCK_GROUP_DATA, BLOCK_GROUP_SYSTEM, BLOCK_GROUP_METADATA = 1 << 0, 1 << 1, 1 << 2
+BLOCK_GROUP_RAID0, BLOCK_GROUP_RAID1, BLOCK_GROUP_DUP, BLOCK_GROUP_RAID10 = 1 << 3, 1 << 4, 1 << 5, 1 << 6
+BLOCK_GROUP_RAID5, BLOCK_GROUP_RAID6 = 1 << 7, 1 << 8
+BLOCK_GROUP_RAID1C3, BLOCK_GROUP_RAID1C4 = 1 << 9, 1 << 10
+SPACE_INFO_GLOBAL_RSV = 1 << 49
 
 # Trees, item types and objectids (btrfs_tree.h)
 ROOT_TREE, QUOTA_TREE = 1, 8

@@ -45,6 +45,26 @@ class FsUsage:
     free: int  # what a new volume can still get
 
 
+@dataclass(frozen=True)
+class BlockGroups:
+    """The block groups of one kind (data or metadata), as BTRFS_IOC_SPACE_INFO reports them."""
+
+    total: int  # logical bytes the block groups hold
+    used: int  # logical bytes in use
+    copies: float  # raw device bytes per logical byte: 1 single, 2 DUP or RAID1, ...
+
+
+@dataclass(frozen=True)
+class PoolSpace:
+    """Where the filesystem's bytes are: what data can still use, and what metadata needs."""
+
+    data: BlockGroups
+    metadata: BlockGroups
+    global_reserve: int  # metadata btrfs keeps for itself so that deletes can always proceed
+    unallocated: int  # raw device bytes in no block group yet, for whichever kind needs them
+    mixed: bool  # data and metadata share block groups (small filesystems made with --mixed)
+
+
 class SourceKind(enum.Enum):
     SNAPSHOT = "snapshot"
     VOLUME = "volume"

@@ -191,6 +191,11 @@ class PoolCollector(Collector):
                 " both 0 when quotas are off.",
                 labels=("mode",),
             ),
+            read_only=GaugeMetricFamily(
+                "btrfs_csi_pool_read_only",
+                "1 while the pool is mounted read-only (btrfs does so itself after some errors): no"
+                " volume can be created, written or published read-write; capacity is reported as 0.",
+            ),
             inconsistent=GaugeMetricFamily(
                 "btrfs_csi_pool_qgroups_inconsistent",
                 "1 while btrfs marks qgroup accounting inconsistent: usage is unreliable and limits are"
@@ -254,6 +259,7 @@ class PoolCollector(Collector):
         for mode in (QuotaMode.FULL, QuotaMode.SIMPLE):
             f.quota_mode.add_metric((mode.value,), int(status.mode is mode))
         f.inconsistent.add_metric((), int(status.inconsistent))
+        f.read_only.add_metric((), int(pool.read_only()))
 
         # Bound methods and flat lists: at 10,000 volumes this loop is a good part of a scrape.
         ref_labels, ref_values = f.volume_referenced.labels.append, f.volume_referenced.values.append
@@ -297,6 +303,7 @@ class _Families:
     pool_volumes: GaugeMetricFamily
     pool_snapshots: GaugeMetricFamily
     quota_mode: GaugeMetricFamily
+    read_only: GaugeMetricFamily
     inconsistent: GaugeMetricFamily
     build_info: GaugeMetricFamily
     scrape_duration: GaugeMetricFamily

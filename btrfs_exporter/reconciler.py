@@ -11,6 +11,8 @@ Each round, every `interval` seconds (60 by default):
 3. Crash debris (staging entries, half-made snapshots): `Pool.clear_staging()`. An entry that resists
    is logged and left for the next round; btrfs_csi_staging_debris_entries shows how many are left
    and btrfs_csi_staging_errors_total counts every failed removal.
+4. Volumes deleted behind the driver's back (a subvolume deleted by hand): their capacity is released
+   (`Pool.release_vanished_volumes()`), or it would stay promised until a restart.
 
 Every action is logged and counted in btrfs_csi_reconciler_actions_total{action}; a step that fails
 is logged with its traceback and counted in btrfs_csi_reconciler_errors_total{step}, never raised:
@@ -35,8 +37,9 @@ FIRST_SUBVOLUME_ID = 256  # lower qgroup ids belong to the top level (5) and int
 ACTION_RESCAN = "rescan"
 ACTION_REMOVE_STALE_QGROUP = "remove_stale_qgroup"
 ACTION_CLEAR_STAGING = "clear_staging"
-ACTIONS = (ACTION_RESCAN, ACTION_REMOVE_STALE_QGROUP, ACTION_CLEAR_STAGING)
-STEPS = ("quota_consistency", "stale_qgroups", "staging")
+ACTION_RELEASE_VANISHED = "release_vanished_volume"
+ACTIONS = (ACTION_RESCAN, ACTION_REMOVE_STALE_QGROUP, ACTION_CLEAR_STAGING, ACTION_RELEASE_VANISHED)
+STEPS = ("quota_consistency", "stale_qgroups", "staging", "vanished_volumes")
 
 
 class ReconcilerMetrics:
@@ -46,7 +49,8 @@ class ReconcilerMetrics:
         self.actions = Counter(
             "btrfs_csi_reconciler_actions",
             "Repairs the reconciler made: rescan (started a quota rescan of inconsistent qgroups),"
-            " remove_stale_qgroup (one qgroup each), clear_staging (one staging entry each).",
+            " remove_stale_qgroup (one qgroup each), clear_staging (one staging entry each),"
+            " release_vanished_volume (the capacity of one volume deleted behind the driver's back).",
             labelnames=("action",),
             registry=registry,
         )
@@ -140,6 +144,7 @@ class Reconciler:
             ("quota_consistency", self._check_consistency),
             ("stale_qgroups", self._remove_stale_qgroups),
             ("staging", self._clear_staging),
+            ("vanished_volumes", self._release_vanished_volumes),
         ):
             if self._stop.is_set():
                 return
@@ -191,3 +196,7 @@ class Reconciler:
         if debris.removed:
             log.warning("cleared %d debris entries of pool %s", debris.removed, self._pool.root)
             self._metrics.actions.labels(ACTION_CLEAR_STAGING).inc(debris.removed)
+
+    def _release_vanished_volumes(self) -> None:
+        released = self._pool.release_vanished_volumes()
+        self._metrics.actions.labels(ACTION_RELEASE_VANISHED).inc(len(released))

@@ -67,7 +67,7 @@ def serve(config: Config) -> int:
         # The socket first, then the pool's exclusive lock: a second instance must not touch the pool
         # (opening it clears staging), whichever socket it was given.
         prepare_socket_path(config.socket_path)
-        pool = Pool.open(config.pool, config.quota_mode, exclusive=True)
+        pool = Pool.open(config.pool, config.quota_mode, overprovision=config.overprovision, exclusive=True)
     except (ServeError, BtrfsCoreError, OSError) as exc:
         print(f"btrfs-csi: refusing to start: {exc}", file=sys.stderr)
         return EXIT_REFUSED

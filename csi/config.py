@@ -2,12 +2,13 @@
 
     btrfs-csi serve --endpoint unix:///PATH/csi.sock --node-id NODE --pool /PATH/TO/MOUNTED/BTRFS
                     [--driver-name NAME] [--quota-mode auto|simple|full] [--metrics-address HOST:PORT]
-                    [--log-format text|json] [--log-level LEVEL]
+                    [--log-format text|json] [--log-level LEVEL] [--overprovision RATIO]
 
 Checks here are the ones that need no kernel: the pool itself is checked by Pool.open at start.
 """
 
 import argparse
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class Config:
     pool: Path
     driver_name: str = DEFAULT_DRIVER_NAME
     quota_mode: str = "auto"
+    # Above 1.0 the pool promises volumes more than it can hold: writes may then fail with ENOSPC.
+    overprovision: float = 1.0
     metrics_address: tuple[str, int] | None = None  # served by the metrics exporter when set
     log_format: str = "text"
     log_level: str = "INFO"
@@ -83,6 +86,16 @@ def parse_metrics_address(address: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_overprovision(text: str) -> float:
+    try:
+        ratio = float(text)
+    except ValueError:
+        ratio = math.nan
+    if not (math.isfinite(ratio) and ratio >= 1.0):
+        raise ConfigError(f"--overprovision {text!r}: expected a ratio of at least 1.0, e.g. 1.5")
+    return ratio
+
+
 def validate_driver_name(name: str) -> str:
     if len(name) > _MAX_SEGMENT or not _DRIVER_NAME.match(name):
         raise ConfigError(
@@ -121,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-address", default=None, help="HOST:PORT for the Prometheus exporter")
     serve.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO")
+    serve.add_argument(
+        "--overprovision",
+        default="1.0",
+        metavar="RATIO",
+        help="promise volumes up to RATIO times the space the pool has (default 1.0: only what can be"
+        " written; above it, writes can fail with ENOSPC once the pool fills)",
+    )
     return parser
 
 
@@ -136,4 +156,5 @@ def parse_args(argv: list[str]) -> Config:
         metrics_address=parse_metrics_address(args.metrics_address) if args.metrics_address else None,
         log_format=args.log_format,
         log_level=args.log_level,
+        overprovision=parse_overprovision(args.overprovision),
     )

@@ -38,11 +38,18 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         reason = cap.unsupported()
         if reason:
             raise failed_precondition(f"volume_capability: {reason}")
+        readonly = request.readonly or cap.readonly
+        if not readonly and self._pool.read_only():
+            # Its writes would fail with EROFS in the pod; a read-only publish still works.
+            raise failed_precondition(
+                f"volume {volume_id}: pool {self._pool.root} is mounted read-only, "
+                "only a read-only publish is possible"
+            )
         with self._locks.hold(volume_key(volume_id), target_key(target)):
             mounts.publish(
                 self._pool.volume_path(volume_id),
                 target,
-                readonly=request.readonly or cap.readonly,
+                readonly=readonly,
                 options=cap.options,
                 exclusive=cap.exclusive,
                 pool_root=self._pool.root,

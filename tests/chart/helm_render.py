@@ -52,6 +52,7 @@ OPTIONS: dict[str, Values] = {
         "kubeletDir": "/var/lib/k0s/kubelet",
         "pool": {"mode": "loopfile", "path": "/srv/btrfs-pool"},
         "quotaMode": "simple",
+        "overprovision": 2.5,
         "logFormat": "text",
         "logLevel": "debug",
         "commonLabels": {"team": "storage"},

@@ -35,6 +35,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "/volumeSnapshotClass/deletionPolicy",
     ),
     "log-format": ({"logFormat": "xml"}, "/logFormat"),
+    "overprovision-below-one": ({"overprovision": 0.5}, "/overprovision"),
+    "overprovision-string": ({"overprovision": "lots"}, "/overprovision"),
     "pull-policy": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     "driver-name": ({"driverName": "Btrfs_CSI"}, "/driverName"),
     # topology.<name> must fit a 63-character label prefix

@@ -29,6 +29,7 @@ def test_defaults_and_derived_values() -> None:
     assert config.topology == {"topology.btrfs.csi.dev/node": "node-1"}
     assert (config.quota_mode, config.log_format, config.log_level) == ("auto", "text", "INFO")
     assert config.metrics_address is None
+    assert config.overprovision == 1.0  # promise only what can be written
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.node_id = "other"  # type: ignore[misc]
 
@@ -47,6 +48,8 @@ def test_every_flag() -> None:
             "json",
             "--log-level",
             "debug",
+            "--overprovision",
+            "1.5",
         ]
     )
     assert config.driver_name == "btrfs.example.org"
@@ -54,6 +57,7 @@ def test_every_flag() -> None:
     assert config.quota_mode == "simple"
     assert config.metrics_address == ("::", 9842)
     assert (config.log_format, config.log_level) == ("json", "DEBUG")
+    assert config.overprovision == 1.5
 
 
 def test_relative_pool_is_made_absolute() -> None:
@@ -80,6 +84,10 @@ def test_relative_pool_is_made_absolute() -> None:
         ([*BASE, "--log-format", "xml"], "invalid choice"),
         ([*BASE, "--log-level", "chatty"], "invalid choice"),
         ([*BASE, "--unknown"], "unrecognized"),
+        ([*BASE, "--overprovision", "0.9"], "--overprovision"),
+        ([*BASE, "--overprovision", "nan"], "--overprovision"),
+        ([*BASE, "--overprovision", "inf"], "--overprovision"),
+        ([*BASE, "--overprovision", "lots"], "--overprovision"),
     ],
 )
 def test_refusals_are_one_line_and_name_the_problem(args: list[str], words: str) -> None:

@@ -73,6 +73,27 @@ def test_staging_debris_is_cleared(pool: Pool) -> None:
 
 
 @pytest.mark.kernel
+def test_capacity_of_a_volume_deleted_by_hand_is_released(pool: Pool) -> None:
+    metrics = build_registry(pool, DRIVER)
+    released = {"name": "btrfs_csi_reconciler_actions_total", "action": "release_vanished_volume"}
+    empty = pool.available_capacity()
+    pool.create_volume("doomed", empty // 2 // MiB * MiB)
+    pool.create_volume("kept", 16 * MiB)
+    promised = pool.available_capacity()
+    assert promised <= empty // 2
+    btrfs("subvolume", "delete", str(pool.volumes_dir / "doomed"))  # behind the driver's back
+    assert pool.available_capacity() == promised  # still promised: the driver has not looked yet
+
+    metrics.reconciler().run_once()
+    assert pool.available_capacity() > empty - 17 * MiB
+    assert value(metrics.registry, **released) == 1
+    assert value(metrics.registry, "btrfs_csi_reconciler_errors_total", step="vanished_volumes") == 0
+    assert [volume.id for volume in pool.list_volumes()] == ["kept"]
+    metrics.reconciler().run_once()  # nothing more to release
+    assert value(metrics.registry, **released) == 1
+
+
+@pytest.mark.kernel
 def test_in_flight_creates_are_never_cleared(pool: Pool) -> None:
     # Pool.create_volume holds the pool lock for its whole staging phase and clear_staging takes the
     # same lock: a reconciler running flat out must never see (and delete) a volume being built.
