@@ -34,9 +34,11 @@ LABEL org.opencontainers.image.title="btrfs-csi" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 
+# The Debian packages are listed in image-packages.txt (shared with the e2e image builder).
+COPY image-packages.txt /tmp/image-packages.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends btrfs-progs \
- && rm -rf /var/lib/apt/lists/*
+ && sed 's/#.*//' /tmp/image-packages.txt | xargs apt-get install -y --no-install-recommends \
+ && rm -rf /var/lib/apt/lists/* /tmp/image-packages.txt
 
 COPY --from=build /opt/btrfs-csi /opt/btrfs-csi
 ENV PATH=/opt/btrfs-csi/bin:$PATH \

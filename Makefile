@@ -2,7 +2,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint system-deps csi-sanity proto manifests bench stress image e2e clean
+.PHONY: test demo lint system-deps csi-sanity proto manifests bench stress image e2e e2e-up e2e-down clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -46,8 +46,17 @@ manifests: $(STAMP)
 image:
 	docker build -t btrfs-csi:dev .
 
+# The e2e suite on a real cluster (kind, else a local Kubernetes built from source): up, scenarios,
+# down (also on failure). e2e-up leaves the local cluster running with the chart installed.
 e2e: $(STAMP) system-deps
 	tests/e2e/run.sh
+
+e2e-up: $(STAMP) system-deps
+	tools/e2e/prepare
+	$(PY) -m tests.e2e.local_cluster up
+
+e2e-down: $(STAMP)
+	$(PY) -m tests.e2e.local_cluster down
 
 clean:
 	rm -rf $(VENV) build *.egg-info

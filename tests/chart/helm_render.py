@@ -36,6 +36,12 @@ OPTIONS: dict[str, Values] = {
     },
     "dashboard": {"dashboard": {"enabled": True}},
     "snapshot-controller": {"snapshotController": {"enabled": True}},
+    # A cluster without pod network or kube-proxy (the local e2e cluster on loopback).
+    "host-network": {
+        "hostNetwork": True,
+        "apiServer": {"host": "127.0.0.1", "port": 6443},
+        "snapshotController": {"enabled": True},
+    },
     "custom-driver-name": {
         "driverName": "fast.btrfs.example.com",
         "storageClass": {"name": "btrfs-fast", "allowedNodes": ["node-a", "node-b"]},

@@ -281,6 +281,29 @@ def test_placement() -> None:
     assert "hostNetwork" not in pod
 
 
+def test_host_network_and_api_address_reach_every_pod_that_talks_to_the_api() -> None:
+    objs = render("host-network")
+    api_users = {"csi-provisioner", "csi-snapshotter", "csi-resizer", "snapshot-controller"}
+    workloads = [o for o in objs if o["kind"] in ("DaemonSet", "Deployment")]
+    assert {o["kind"] for o in workloads} == {"DaemonSet", "Deployment"}
+    seen = set()
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["hostNetwork"] is True
+        assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+        for name, container in containers(workload).items():
+            variables = env(container)
+            if name in api_users:
+                seen.add(name)
+                assert variables["KUBERNETES_SERVICE_HOST"]["value"] == "127.0.0.1"
+                assert variables["KUBERNETES_SERVICE_PORT"]["value"] == "6443"
+            else:
+                assert "KUBERNETES_SERVICE_HOST" not in variables, name
+    assert seen == api_users
+    for workload in (o for o in render("default") if o["kind"] in ("DaemonSet", "Deployment")):
+        assert all("KUBERNETES_SERVICE_HOST" not in env(c) for c in containers(workload).values())
+
+
 # --- pool modes ------------------------------------------------------------------------------------
 
 

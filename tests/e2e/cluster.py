@@ -161,6 +161,11 @@ class HostPool:
 
 @dataclass
 class Cluster:
+    """The kind provider: one control plane and two workers, each with its own host pool."""
+
+    provider = "kind"
+    pod_image = DRIVER_IMAGE  # loaded on every node, has /bin/sh and coreutils
+
     name: str = CLUSTER_NAME
     workdir: Path = WORKDIR
     pools: dict[str, HostPool] = field(default_factory=dict)
@@ -177,6 +182,22 @@ class Cluster:
         if node not in self.pools:
             self.pools[node] = HostPool(node, self.workdir / f"{node}.img", self.workdir / f"{node}-pool")
         return self.pools[node]
+
+    def pool_path(self, node: str) -> Path:
+        """Where `node`'s pool is mounted on this host (the test's oracle for subvolumes)."""
+        return self.host_pool(node).mountpoint
+
+    def version(self) -> str:
+        from kubernetes import client
+
+        info: Any = client.VersionApi(self.api()).get_code()
+        return str(info.git_version)
+
+    def kubelet_get(self, node: str, path: str) -> str:
+        from kubernetes import client
+
+        core: Any = client.CoreV1Api(self.api())
+        return str(core.connect_get_node_proxy_with_path(node, path))
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -264,7 +285,7 @@ class Cluster:
         ext: Any = client.ApiextensionsV1Api(self.api())
         for crd in crds:
             name = crd["metadata"]["name"]
-            wait_for(f"CRD {name} established", functools.partial(_crd_established, ext, name), 60)
+            wait_for(f"CRD {name} established", functools.partial(crd_established, ext, name), 60)
         self.apply(
             distributed_snapshot_controller([d for url in SNAPSHOT_CONTROLLER_URLS for d in fetch_yaml(url)])
         )
@@ -290,13 +311,10 @@ class Cluster:
         core: Any = client.CoreV1Api(self.api())
         labels = {f"pod-security.kubernetes.io/{mode}": "privileged" for mode in ("enforce", "audit", "warn")}
         core.create_namespace({"metadata": {"name": NAMESPACE, "labels": labels}})
-        import helm_python as helm
+        self.helm("install")
 
-        with helm.Config(kubeconfig_path=self.kubeconfig, namespace=NAMESPACE) as cfg:
-            release = cfg.install(
-                CHART_DIR, RELEASE, self.chart_values(), namespace=NAMESPACE, wait="watcher", timeout=600
-            )
-        log(f"helm release {release.get('name')} revision {release.get('revision')}: {release.get('status')}")
+    def helm(self, action: str, values: dict[str, Any] | None = None) -> Any:
+        return helm_release(self.kubeconfig, action, values or self.chart_values())
 
     def wait_for_driver(self) -> None:
         from kubernetes import client
@@ -328,7 +346,29 @@ class Cluster:
         return "\n".join(out)
 
 
-def _crd_established(ext: Any, name: str) -> bool:
+def helm_release(kubeconfig: Path, action: str, values: dict[str, Any]) -> Any:
+    """install, upgrade or uninstall the chart's release with the Helm engine of helm-python-sdk,
+    waiting for its workloads."""
+    import helm_python as helm
+
+    with helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE) as cfg:
+        if action == "install":
+            release = cfg.install(
+                CHART_DIR, RELEASE, values, namespace=NAMESPACE, wait="watcher", timeout=600
+            )
+        elif action == "upgrade":
+            release = cfg.upgrade(
+                CHART_DIR, RELEASE, values, namespace=NAMESPACE, wait="watcher", timeout=600
+            )
+        elif action == "uninstall":
+            release = cfg.uninstall(RELEASE, wait="watcher", timeout=600)
+        else:
+            raise ValueError(action)
+    log(f"helm {action} {RELEASE}: revision {release.get('revision')} {release.get('status')}")
+    return release
+
+
+def crd_established(ext: Any, name: str) -> bool:
     crd = ext.read_custom_resource_definition(name)
     return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
 

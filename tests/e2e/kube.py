@@ -1,6 +1,6 @@
 """Small helpers over the `kubernetes` client for the e2e scenarios: claims, pods, snapshots,
-exec, and Prometheus metrics read through the API server (kubelet via the node proxy, the
-driver's exporter via the pod proxy)."""
+exec, and Prometheus metrics (the driver's exporter through a port-forward of the API server,
+the kubelet's as the cluster provider reaches it)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.cluster import DRIVER_IMAGE, NAMESPACE, wait_for
+from tests.e2e.cluster import NAMESPACE, wait_for
 
 MiB = 1 << 20
 SNAPSHOT_GROUP, SNAPSHOT_VERSION = "snapshot.storage.k8s.io", "v1"
@@ -42,11 +42,12 @@ def quantity_bytes(quantity: str) -> int:
 class Kube:
     """One test's view of the cluster: its own namespace, cleaned up afterwards."""
 
-    def __init__(self, api: Any, namespace: str) -> None:
+    def __init__(self, api: Any, namespace: str, pod_image: str) -> None:
         from kubernetes import client
 
         self.api = api
         self.namespace = namespace
+        self.pod_image = pod_image
         # Typed as Any: the generated models make every field Optional, which says nothing
         # useful about a live object the test just waited for.
         self.core: Any = client.CoreV1Api(api)
@@ -67,9 +68,15 @@ class Kube:
             if e.status != 404:
                 raise
 
-    def pvc(self, name: str, size: str, data_source: dict[str, str] | None = None) -> None:
+    def pvc(
+        self,
+        name: str,
+        size: str,
+        data_source: dict[str, str] | None = None,
+        access_mode: str = "ReadWriteOnce",
+    ) -> None:
         spec: dict[str, Any] = {
-            "accessModes": ["ReadWriteOnce"],
+            "accessModes": [access_mode],
             "storageClassName": "btrfs",
             "resources": {"requests": {"storage": size}},
         }
@@ -79,16 +86,23 @@ class Kube:
             self.namespace, {"metadata": {"name": name}, "spec": spec}
         )
 
-    def pod(self, name: str, claim: str, script: str = "sleep 3600", node: str | None = None) -> None:
-        """A pod mounting `claim` at /data, running `script` in the driver image (already loaded on
-        every node, so the test needs no registry)."""
+    def pod(
+        self,
+        name: str,
+        claim: str,
+        script: str = "sleep 3600",
+        node: str | None = None,
+        security_context: dict[str, Any] | None = None,
+    ) -> None:
+        """A pod mounting `claim` at /data, running `script` in the test image (already on every
+        node, so the test needs no registry)."""
         spec: dict[str, Any] = {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
             "containers": [
                 {
                     "name": "app",
-                    "image": DRIVER_IMAGE,
+                    "image": self.pod_image,
                     "imagePullPolicy": "Never",
                     "command": ["/bin/sh", "-c", script],
                     "volumeMounts": [{"name": "data", "mountPath": "/data"}],
@@ -98,6 +112,8 @@ class Kube:
         }
         if node:
             spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+        if security_context:
+            spec["securityContext"] = security_context
         self.core.create_namespaced_pod(self.namespace, {"metadata": {"name": name}, "spec": spec})
 
     def delete_pod(self, name: str) -> None:
@@ -194,21 +210,37 @@ class Kube:
 
     # --- metrics ------------------------------------------------------------------------------
 
-    def kubelet_metrics(self, node: str) -> list[Sample]:
-        text = self.core.connect_get_node_proxy_with_path(node, "metrics")
-        return parse_metrics(str(text))
-
-    def driver_metrics(self, node: str) -> list[Sample]:
+    def node_plugin_pod(self, node: str) -> Any:
         pods = self.core.list_namespaced_pod(
             NAMESPACE,
             label_selector="app.kubernetes.io/component=node",
             field_selector=f"spec.nodeName={node}",
         ).items
-        assert len(pods) == 1, f"expected one node plugin pod on {node}, found {len(pods)}"
-        text = self.core.connect_get_namespaced_pod_proxy_with_path(
-            f"{pods[0].metadata.name}:9842", NAMESPACE, "metrics"
+        running = [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+        assert len(running) == 1, f"expected one running node plugin pod on {node}, found {len(running)}"
+        return running[0]
+
+    def driver_metrics(self, node: str, port: int = 9842) -> list[Sample]:
+        """The driver's /metrics through a port-forward of its pod (the API server's pod proxy
+        refuses loopback pod addresses, which host-network pods have on the local cluster)."""
+        from kubernetes.stream import portforward
+
+        name = self.node_plugin_pod(node).metadata.name
+        forward = portforward(
+            self.core.connect_get_namespaced_pod_portforward, name, NAMESPACE, ports=str(port)
         )
-        return parse_metrics(str(text))
+        sock = forward.socket(port)
+        sock.setblocking(True)
+        try:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            response = b""
+            while chunk := sock.recv(1 << 16):
+                response += chunk
+        finally:
+            sock.close()
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n", 1)[0].split()[1] == b"200", head
+        return parse_metrics(body.decode())
 
 
 def find_sample(samples: list[Sample], name: str, **labels: str) -> Sample | None:

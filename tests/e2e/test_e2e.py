@@ -1,128 +1,125 @@
-"""End to end on a kind cluster with real btrfs pools (see cluster.py): provisioning, usage seen by
-the kubelet and by the driver's exporter, quota enforcement, snapshot/restore, clone, online
-expansion, deletion, node pinning and capacity tracking.
+"""The PVC scenarios, end to end on a real cluster (providers.py): real pods and claims, driven
+through the Kubernetes API only. The host pool is read only as an oracle (does the subvolume
+exist), never to act.
 
-Run with tests/e2e/run.sh. Snapshots and clones are restored on the node that holds the source
-(the consumer pod is pinned there): a subvolume snapshot cannot leave its pool.
+Run with `make e2e`. Snapshots and clones are consumed on the node that holds the source (the
+consumer pod is pinned there): a subvolume snapshot cannot leave its pool. The scenarios run in
+file order; the last one uninstalls and reinstalls the release.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import DRIVER_IMAGE, DRIVER_NAME, NAMESPACE, TOPOLOGY_KEY, Cluster, wait_for
-from tests.e2e.kube import Kube, MiB, find_sample, quantity_bytes
+from tests.e2e.cluster import DRIVER_NAME, NAMESPACE, RELEASE, TOPOLOGY_KEY, wait_for
+from tests.e2e.kube import (
+    SNAPSHOT_GROUP,
+    SNAPSHOT_VERSION,
+    Kube,
+    MiB,
+    find_sample,
+    parse_metrics,
+    quantity_bytes,
+)
+from tests.e2e.providers import Provider
 
 pytestmark = pytest.mark.e2e
 
 WRITE_AND_SUM = "dd if=/dev/urandom of=/data/blob bs=1M count=8 && sha256sum /data/blob > /data/sum && sync"
+SNAPSHOT_SOURCE = {"apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot"}
 
 
-def test_capacity_is_published_per_node(cluster: Cluster, kube: Kube) -> None:
-    def capacities() -> dict[str, int] | None:
-        items = kube.storage.list_namespaced_csi_storage_capacity(NAMESPACE).items
-        found = {}
-        for item in items:
-            labels = (item.node_topology.match_labels or {}) if item.node_topology else {}
-            if item.storage_class_name == "btrfs" and TOPOLOGY_KEY in labels and item.capacity:
-                assert [o.kind for o in item.metadata.owner_references or []] == ["DaemonSet"]
-                found[labels[TOPOLOGY_KEY]] = quantity_bytes(item.capacity)
-        return found if set(found) >= set(cluster.worker_names()) else None
-
-    found = wait_for("CSIStorageCapacity for every worker", capacities, 180)
-    assert all(size > 1 << 30 for size in found.values()), found
+def node_of(kube: Kube, pod: str) -> str:
+    return str(kube.core.read_namespaced_pod(pod, kube.namespace).spec.node_name)
 
 
-def test_written_data_shows_in_kubelet_and_driver_metrics(kube: Kube) -> None:
+def driver_sample(kube: Kube, node: str, name: str, claim: str) -> float | None:
+    labels = {"pvc_namespace": kube.namespace, "pvc_name": claim}
+    sample = find_sample(kube.driver_metrics(node), name, **labels)
+    return None if sample is None else sample.value
+
+
+def test_01_claim_binds_mounts_and_holds_its_size(kube: Kube) -> None:
     kube.pvc("data", "64Mi")
-    kube.pod("writer", "data", "dd if=/dev/urandom of=/data/blob bs=1M count=20 && sync && sleep 3600")
-    node = kube.wait_running("writer").spec.node_name
-    labels = {"namespace": kube.namespace, "persistentvolumeclaim": "data"}
+    kube.pod("app", "data", f"{WRITE_AND_SUM} && sha256sum -c /data/sum && sleep 3600")
+    node = kube.wait_running("app").spec.node_name
+    pv = kube.pv_of("data")
+    assert pv.spec.csi.driver == DRIVER_NAME
+    assert quantity_bytes(pv.spec.capacity["storage"]) == 64 * MiB
+    terms = pv.spec.node_affinity.required.node_selector_terms
+    assert [(e.key, e.values) for t in terms for e in t.match_expressions] == [(TOPOLOGY_KEY, [node])]
 
-    def kubelet_used() -> float | None:
-        samples = kube.kubelet_metrics(node)
-        used = find_sample(samples, "kubelet_volume_stats_used_bytes", **labels)
-        return used.value if used and used.value >= 20 * MiB else None
+    def limit() -> float | None:
+        return driver_sample(kube, node, "btrfs_csi_volume_limit_bytes", "data")
 
-    # The kubelet refreshes volume stats once a minute.
-    assert wait_for("kubelet_volume_stats_used_bytes >= 20Mi", kubelet_used, 240) >= 20 * MiB
-    capacity = find_sample(kube.kubelet_metrics(node), "kubelet_volume_stats_capacity_bytes", **labels)
-    assert capacity is not None and capacity.value == 64 * MiB, "stats report the qgroup limit, not the pool"
-
-    pvc_labels = {"pvc_namespace": kube.namespace, "pvc_name": "data"}
-
-    def exported() -> tuple[float, float] | None:
-        samples = kube.driver_metrics(node)
-        used = find_sample(samples, "btrfs_csi_volume_referenced_bytes", **pvc_labels)
-        limit = find_sample(samples, "btrfs_csi_volume_limit_bytes", **pvc_labels)
-        if used is None or limit is None or used.value < 20 * MiB:
-            return None
-        return used.value, limit.value
-
-    used, limit = wait_for("btrfs_csi_volume_referenced_bytes >= 20Mi", exported, 120)
-    assert limit == 64 * MiB
-    assert used <= limit
-
-
-def test_quota_stops_writes_past_the_size(kube: Kube) -> None:
-    kube.pvc("small", "32Mi")
-    script = (
-        'dd if=/dev/zero of=/data/fill bs=1M count=64 2>&1; echo "dd-exit=$?"; sync; '
-        'stat -c "size=%s" /data/fill'
+    assert wait_for("the volume's qgroup limit exported", limit, 120) == 64 * MiB, (
+        "PV capacity = qgroup limit"
     )
-    kube.pod("filler", "small", script)
-    assert kube.wait_finished("filler") == "Succeeded"
-    out = kube.logs("filler")
+    rc, out = kube.exec("app", "sha256sum -c /data/sum")
+    assert rc == 0, out
+    rc, out = kube.exec("app", "dd if=/dev/zero of=/data/fill bs=1M count=80 2>&1; echo dd-exit=$?; sync")
     assert "Disk quota exceeded" in out, out
     assert "dd-exit=0" not in out, out
-    size = int(out.rsplit("size=", 1)[1].split()[0])
-    assert 16 * MiB < size <= 32 * MiB, out
+    rc, out = kube.exec("app", "stat -c size=%s /data/fill")
+    assert rc == 0 and 32 * MiB < int(out.split("size=")[1].split()[0]) <= 64 * MiB, out
 
 
-def test_snapshot_restores_the_data_as_it_was(kube: Kube) -> None:
+def test_02_capacity_is_published_and_falls_after_provisioning(cluster: Provider, kube: Kube) -> None:
+    node = cluster.worker_names()[0]
+
+    def capacity() -> int | None:
+        for item in kube.storage.list_namespaced_csi_storage_capacity(NAMESPACE).items:
+            labels = (item.node_topology.match_labels or {}) if item.node_topology else {}
+            if item.storage_class_name == "btrfs" and labels.get(TOPOLOGY_KEY) == node and item.capacity:
+                assert [o.kind for o in item.metadata.owner_references or []] == ["DaemonSet"]
+                return quantity_bytes(item.capacity)
+        return None
+
+    before = wait_for(f"CSIStorageCapacity of {node}", capacity, 180)
+    assert before > 1 << 30, before
+    kube.pvc("big", "1Gi")
+    kube.pod("user", "big", "true", node=node)
+    assert kube.wait_finished("user") == "Succeeded", kube.logs("user")
+
+    def fell() -> int | None:
+        now = capacity()
+        return now if now is not None and now <= before - (1 << 30) else None
+
+    # The provisioner refreshes capacity every capacityPollInterval (1m by default).
+    wait_for("capacity down by the 1Gi claim", fell, 240)
+
+
+def test_03_snapshot_restore_and_clone_carry_the_data(kube: Kube) -> None:
     kube.pvc("source", "64Mi")
     kube.pod("writer", "source", WRITE_AND_SUM)
     assert kube.wait_finished("writer") == "Succeeded", kube.logs("writer")
-    node = kube.core.read_namespaced_pod("writer", kube.namespace).spec.node_name
+    node = node_of(kube, "writer")
 
     kube.snapshot("snap", "source")
     snap = kube.wait_snapshot_ready("snap")
     assert quantity_bytes(snap["status"]["restoreSize"]) == 64 * MiB
+    kube.pvc("clone", "64Mi", {"kind": "PersistentVolumeClaim", "name": "source"})
+    kube.pod("cloner", "clone", "sha256sum -c /data/sum", node=node)
+    assert kube.wait_finished("cloner") == "Succeeded", kube.logs("cloner")
 
-    # Change the source after the snapshot: the restore must not see it.
-    kube.pod("overwriter", "source", "dd if=/dev/urandom of=/data/blob bs=1M count=8 && sync", node=node)
-    assert kube.wait_finished("overwriter") == "Succeeded"
-
-    kube.pvc(
-        "restored", "64Mi", {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"}
-    )
+    # Change the source afterwards: neither the restore nor the clone may see it.
+    kube.pod("overwriter", "source", "echo changed > /data/blob && sync", node=node)
+    assert kube.wait_finished("overwriter") == "Succeeded", kube.logs("overwriter")
+    kube.pvc("restored", "64Mi", {**SNAPSHOT_SOURCE, "name": "snap"})
     kube.pod("reader", "restored", "sha256sum -c /data/sum", node=node)
     assert kube.wait_finished("reader") == "Succeeded", kube.logs("reader")
     assert "/data/blob: OK" in kube.logs("reader")
+    kube.pod("clone-reader", "clone", "sha256sum -c /data/sum", node=node)
+    assert kube.wait_finished("clone-reader") == "Succeeded", kube.logs("clone-reader")
 
 
-def test_clone_copies_the_data(kube: Kube) -> None:
-    kube.pvc("origin", "64Mi")
-    kube.pod("writer", "origin", WRITE_AND_SUM)
-    assert kube.wait_finished("writer") == "Succeeded", kube.logs("writer")
-    node = kube.core.read_namespaced_pod("writer", kube.namespace).spec.node_name
-
-    kube.pvc("copy", "64Mi", {"kind": "PersistentVolumeClaim", "name": "origin"})
-    kube.pod("reader", "copy", "sha256sum -c /data/sum && echo changed > /data/blob", node=node)
-    assert kube.wait_finished("reader") == "Succeeded", kube.logs("reader")
-    # The clone is independent: writing it left the origin alone.
-    kube.pod("checker", "origin", "sha256sum -c /data/sum", node=node)
-    assert kube.wait_finished("checker") == "Succeeded", kube.logs("checker")
-
-
-def test_online_expansion_raises_the_limit(kube: Kube) -> None:
+def test_04_online_expansion_raises_the_limit(kube: Kube) -> None:
     kube.pvc("grow", "32Mi")
     kube.pod("app", "grow")
     node = kube.wait_running("app").spec.node_name
-
     rc, out = kube.exec("app", "dd if=/dev/zero of=/data/a bs=1M count=48 2>&1; sync")
     assert "Disk quota exceeded" in out, out
     rc, out = kube.exec("app", "rm -f /data/a && sync")
@@ -138,89 +135,207 @@ def test_online_expansion_raises_the_limit(kube: Kube) -> None:
         pending = [c.type for c in pvc.status.conditions or []]
         return quantity_bytes(size) == 96 * MiB and "FileSystemResizePending" not in pending
 
-    # Trivial resizer updates the PV; the kubelet then calls NodeExpandVolume on the mounted volume.
+    # The trivial resizer updates the PV; the kubelet then calls NodeExpandVolume on the mount.
     wait_for("claim expanded to 96Mi while in use", expanded, 300)
     rc, out = kube.exec("app", "dd if=/dev/zero of=/data/b bs=1M count=64 2>&1 && sync")
     assert rc == 0, out
 
-    pvc_labels = {"pvc_namespace": kube.namespace, "pvc_name": "grow"}
-
     def limit() -> float | None:
-        sample = find_sample(kube.driver_metrics(node), "btrfs_csi_volume_limit_bytes", **pvc_labels)
-        return sample.value if sample and sample.value == 96 * MiB else None
+        value = driver_sample(kube, node, "btrfs_csi_volume_limit_bytes", "grow")
+        return value if value == 96 * MiB else None
 
     wait_for("exported limit 96Mi", limit, 60)
 
 
-def test_deleting_the_claim_removes_the_subvolume(cluster: Cluster, kube: Kube) -> None:
+def test_05_access_modes(kube: Kube) -> None:
+    kube.pvc("shared", "32Mi")
+    kube.pod("one", "shared", "echo one > /data/one && sleep 3600")
+    node = kube.wait_running("one").spec.node_name
+    kube.pod("two", "shared", "cat /data/one && sleep 3600", node=node)
+    kube.wait_running("two")
+    assert kube.logs("two").strip() == "one", "RWO: a second pod on the same node mounts the volume"
+
+    kube.pvc("single", "32Mi", access_mode="ReadWriteOncePod")
+    kube.pod("first", "single")
+    kube.wait_running("first")
+    kube.pod("second", "single", node=node)
+
+    def refused() -> str | None:
+        pod = kube.core.read_namespaced_pod("second", kube.namespace)
+        assert pod.status.phase == "Pending", f"RWOP: the second pod must not run ({pod.status.phase})"
+        for condition in pod.status.conditions or []:
+            if condition.type == "PodScheduled" and condition.status == "False" and condition.message:
+                return str(condition.message)
+        return None
+
+    message = wait_for("the RWOP claim refused to the second pod", refused, 120)
+    assert "ReadWriteOncePod" in message, message
+
+
+def test_06_deleting_claims_and_snapshots_removes_their_subvolumes(cluster: Provider, kube: Kube) -> None:
     kube.pvc("doomed", "32Mi")
     kube.pod("writer", "doomed", "echo bye > /data/file && sync")
-    assert kube.wait_finished("writer") == "Succeeded"
-    node = kube.core.read_namespaced_pod("writer", kube.namespace).spec.node_name
+    assert kube.wait_finished("writer") == "Succeeded", kube.logs("writer")
+    pool = cluster.pool_path(node_of(kube, "writer"))
     pv = kube.pv_of("doomed")
-    assert pv.spec.csi.driver == DRIVER_NAME
-    subvolume = cluster.host_pool(node).mountpoint / "volumes" / pv.spec.csi.volume_handle
+    subvolume = pool / "volumes" / pv.spec.csi.volume_handle
     assert subvolume.is_dir(), f"{subvolume} should exist while the claim does"
+
+    kube.snapshot("snap", "doomed")
+    snap = kube.wait_snapshot_ready("snap")
+    content = kube.custom.get_cluster_custom_object(
+        SNAPSHOT_GROUP,
+        SNAPSHOT_VERSION,
+        "volumesnapshotcontents",
+        snap["status"]["boundVolumeSnapshotContentName"],
+    )
+    snapshot_dir = pool / "snapshots" / content["status"]["snapshotHandle"]
+    assert snapshot_dir.is_dir(), f"{snapshot_dir} should exist while the snapshot does"
 
     kube.delete_pod("writer")
     kube.delete_pvc("doomed")
-
-    def pv_gone() -> bool:
-        return not any(p.metadata.name == pv.metadata.name for p in kube.core.list_persistent_volume().items)
-
-    wait_for(f"PV {pv.metadata.name} deleted", pv_gone, 180)
+    wait_for(f"PV {pv.metadata.name} deleted", lambda: pv.metadata.name not in pv_names(kube), 180)
     assert not subvolume.exists()
-    if shutil.which("btrfs"):
-        listing = subprocess.run(
-            ["btrfs", "subvolume", "list", str(cluster.host_pool(node).mountpoint)],
-            capture_output=True, text=True, check=True, timeout=60,
-        )  # fmt: skip
-        assert pv.spec.csi.volume_handle not in listing.stdout
+    assert snapshot_dir.is_dir(), "a snapshot outlives the volume it was taken from"
+
+    kube.custom.delete_namespaced_custom_object(
+        SNAPSHOT_GROUP, SNAPSHOT_VERSION, kube.namespace, "volumesnapshots", "snap"
+    )
+    wait_for(f"snapshot {snapshot_dir.name} removed from the pool", lambda: not snapshot_dir.exists(), 180)
 
 
-def test_pod_comes_back_to_the_volume_node(cluster: Cluster, kube: Kube) -> None:
-    kube.pvc("sticky", "32Mi")
-    kube.pod("first", "sticky", "echo here > /data/marker && sync && sleep 3600")
-    node = kube.wait_running("first").spec.node_name
-    terms = kube.pv_of("sticky").spec.node_affinity.required.node_selector_terms
-    assert [(e.key, e.values) for t in terms for e in t.match_expressions] == [(TOPOLOGY_KEY, [node])]
+def test_07_driver_restart_keeps_volumes_data_and_mounts(cluster: Provider, kube: Kube) -> None:
+    kube.pvc("kept", "32Mi")
+    kube.pod("app", "kept", f"{WRITE_AND_SUM} && sleep 3600")
+    node = kube.wait_running("app").spec.node_name
+    wait_for("data written", lambda: kube.exec("app", "test -s /data/sum")[0] == 0, 60)
+    old = kube.node_plugin_pod(node)
+    kube.core.delete_namespaced_pod(old.metadata.name, NAMESPACE, grace_period_seconds=0)
 
-    kube.delete_pod("first")
-    # Ask the scheduler to prefer the other worker: the volume's node affinity must win.
-    other = next(n for n in cluster.worker_names() if n != node)
-    preferring_other = {
-        "preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 100, "preference": {"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [other]}]}}
-        ]
-    }  # fmt: skip
-    body = {
-        "metadata": {"name": "second"},
-        "spec": {
-            "restartPolicy": "Never",
-            "affinity": {"nodeAffinity": preferring_other},
-            "containers": [{
-                "name": "app", "image": DRIVER_IMAGE, "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", "cat /data/marker"],
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            }],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "sticky"}}],
-        },
-    }  # fmt: skip
-    kube.core.create_namespaced_pod(kube.namespace, body)
-    assert kube.wait_finished("second") == "Succeeded", kube.logs("second")
-    assert kube.core.read_namespaced_pod("second", kube.namespace).spec.node_name == node
-    assert kube.logs("second").strip() == "here"
+    def replaced() -> Any:
+        try:
+            pod = kube.node_plugin_pod(node)
+        except AssertionError:
+            return None
+        ready = all(s.ready for s in pod.status.container_statuses or [])
+        return pod if pod.metadata.uid != old.metadata.uid and ready else None
+
+    wait_for("a new node plugin pod, ready", replaced, 300)
+    rc, out = kube.exec(
+        "app", "grep -q ' /data ' /proc/mounts && sha256sum -c /data/sum && echo more > /data/more"
+    )
+    assert rc == 0, out
+    kube.pvc("fresh", "32Mi")
+    kube.pod("newcomer", "fresh", "echo hello > /data/x && cat /data/x", node=node)
+    assert kube.wait_finished("newcomer") == "Succeeded", kube.logs("newcomer")
 
 
-def test_driver_exports_pool_health(cluster: Cluster, kube: Kube) -> None:
-    for node in cluster.worker_names():
-        samples = kube.driver_metrics(node)
-        size = find_sample(samples, "btrfs_csi_pool_size_bytes")
-        assert size is not None and size.value > 1 << 30
-        modes = [s for s in samples if s.name == "btrfs_csi_pool_quota_mode" and s.value == 1]
-        assert len(modes) == 1 and modes[0].labels["mode"] in ("simple", "full"), modes
-        inconsistent = find_sample(samples, "btrfs_csi_pool_qgroups_inconsistent")
-        assert inconsistent is not None and inconsistent.value == 0
-        build = find_sample(samples, "btrfs_csi_build_info")
-        assert build is not None and build.labels["driver_name"] == DRIVER_NAME
+def test_08_driver_and_kubelet_metrics_agree(cluster: Provider, kube: Kube) -> None:
+    kube.pvc("watched", "64Mi")
+    kube.pod("writer", "watched", "dd if=/dev/urandom of=/data/blob bs=1M count=20 && sync && sleep 3600")
+    node = kube.wait_running("writer").spec.node_name
+    wait_for("20Mi written", lambda: kube.exec("writer", "test -f /data/blob && sync")[0] == 0, 60)
+    pvc_labels = {"namespace": kube.namespace, "persistentvolumeclaim": "watched"}
+
+    def agreeing() -> tuple[float, float] | None:
+        used = driver_sample(kube, node, "btrfs_csi_volume_referenced_bytes", "watched")
+        samples = parse_metrics(cluster.kubelet_get(node, "metrics"))
+        kubelet = find_sample(samples, "kubelet_volume_stats_used_bytes", **pvc_labels)
+        if used is None or kubelet is None or used < 20 * MiB:
+            return None
+        return (used, kubelet.value) if used == kubelet.value else None
+
+    # The kubelet refreshes volume stats periodically (volumeStatsAggPeriod).
+    used, _ = wait_for("kubelet_volume_stats_used_bytes = btrfs_csi_volume_referenced_bytes", agreeing, 240)
+    assert 20 * MiB <= used <= 64 * MiB
+    samples = parse_metrics(cluster.kubelet_get(node, "metrics"))
+    capacity = find_sample(samples, "kubelet_volume_stats_capacity_bytes", **pvc_labels)
+    assert capacity is not None and capacity.value == 64 * MiB, "stats report the qgroup limit, not the pool"
+    assert driver_sample(kube, node, "btrfs_csi_volume_limit_bytes", "watched") == 64 * MiB
+    pool = kube.driver_metrics(node)
+    inconsistent = find_sample(pool, "btrfs_csi_pool_qgroups_inconsistent")
+    assert inconsistent is not None and inconsistent.value == 0
+    build = find_sample(pool, "btrfs_csi_build_info")
+    assert build is not None and build.labels["driver_name"] == DRIVER_NAME
+
+
+def test_09_fs_group_lets_a_non_root_pod_write(kube: Kube) -> None:
+    kube.pvc("group", "32Mi")
+    context = {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000, "runAsNonRoot": True}
+    kube.pod(
+        "app",
+        "group",
+        "id && stat -c 'group=%g' /data && echo ok > /data/mine && ls -ln /data",
+        security_context=context,
+    )
+    assert kube.wait_finished("app") == "Succeeded", kube.logs("app")
+    out = kube.logs("app")
+    assert "group=2000" in out, out
+    csi_driver = kube.storage.read_csi_driver(DRIVER_NAME)
+    assert csi_driver.spec.fs_group_policy == "File"
+
+
+def pv_names(kube: Kube) -> set[str]:
+    return {p.metadata.name for p in kube.core.list_persistent_volume().items}
+
+
+def release_objects(kube: Kube) -> list[str]:
+    """Every object of the release still in the cluster (namespaced and cluster-wide)."""
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    from kubernetes import client
+
+    rbac: Any = client.RbacAuthorizationV1Api(kube.api)
+    apps: Any = client.AppsV1Api(kube.api)
+    listers: dict[str, Callable[[], Any]] = {
+        "DaemonSet": lambda: apps.list_namespaced_daemon_set(NAMESPACE, label_selector=selector),
+        "Deployment": lambda: apps.list_namespaced_deployment(NAMESPACE, label_selector=selector),
+        "Pod": lambda: kube.core.list_namespaced_pod(NAMESPACE, label_selector=selector),
+        "ServiceAccount": lambda: kube.core.list_namespaced_service_account(
+            NAMESPACE, label_selector=selector
+        ),
+        "ClusterRole": lambda: rbac.list_cluster_role(label_selector=selector),
+        "ClusterRoleBinding": lambda: rbac.list_cluster_role_binding(label_selector=selector),
+        "Role": lambda: rbac.list_namespaced_role(NAMESPACE, label_selector=selector),
+        "RoleBinding": lambda: rbac.list_namespaced_role_binding(NAMESPACE, label_selector=selector),
+        "CSIDriver": lambda: kube.storage.list_csi_driver(label_selector=selector),
+        "StorageClass": lambda: kube.storage.list_storage_class(label_selector=selector),
+        "CSIStorageCapacity": lambda: kube.storage.list_namespaced_csi_storage_capacity(NAMESPACE),
+    }
+    found = []
+    for kind, lister in listers.items():
+        items: Any = lister()
+        found += [f"{kind}/{o.metadata.name}" for o in items.items]
+    classes = kube.custom.list_cluster_custom_object(
+        SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshotclasses"
+    )
+    return found + [f"VolumeSnapshotClass/{c['metadata']['name']}" for c in classes["items"]]
+
+
+def test_10_helm_upgrade_keeps_volumes_and_uninstall_leaves_nothing(cluster: Provider, kube: Kube) -> None:
+    kube.pvc("lasting", "32Mi")
+    kube.pod("writer", "lasting", WRITE_AND_SUM)
+    assert kube.wait_finished("writer") == "Succeeded", kube.logs("writer")
+    node = node_of(kube, "writer")
+    old = kube.node_plugin_pod(node).metadata.uid
+
+    values = {**cluster.chart_values(), "logLevel": "debug"}
+    release = cluster.helm("upgrade", values)
+    assert release.get("revision", release.get("version")) == 2, release
+    wait_for(
+        "node plugin replaced by the upgrade", lambda: kube.node_plugin_pod(node).metadata.uid != old, 300
+    )
+    kube.pod("reader", "lasting", "sha256sum -c /data/sum", node=node)
+    assert kube.wait_finished("reader") == "Succeeded", kube.logs("reader")
+
+    # Claims go before the driver (their PVs need it to be deleted), then the release.
+    kube.delete_pod("reader")
+    kube.delete_pod("writer")
+    kube.delete_pvc("lasting")
+    wait_for("no btrfs PVs left", lambda: not [
+        p for p in kube.core.list_persistent_volume().items if p.spec.csi and p.spec.csi.driver == DRIVER_NAME
+    ], 180)  # fmt: skip
+    cluster.helm("uninstall")
+    wait_for("no object of the release left", lambda: release_objects(kube) == [], 180)
+    # Put it back, so the cluster stays usable (`make e2e-up` users, reruns).
+    cluster.helm("install")
+    wait_for("node plugin back", lambda: kube.node_plugin_pod(node), 300)
