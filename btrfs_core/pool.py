@@ -398,6 +398,8 @@ class Pool:
                 self._fs.create_subvolume(staged)
             else:
                 self._fs.snapshot(origin, staged, readonly=False)
+                if source and source.kind is SourceKind.VOLUME:  # one a pod nested meanwhile
+                    self._refuse_nested(origin, f"volume {source.id}")
             fields = {
                 "kind": "volume",
                 "name": name,

@@ -4,6 +4,7 @@ cannot drift from btrfs."""
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -244,6 +245,27 @@ def test_nested_subvolumes_are_named_by_snapshot_and_clone_refusals_and_go_with_
 
     pool.delete_volume("holder")
     assert tree(pool.volumes_dir) == tree(pool.staging_dir) == []
+
+
+def test_a_subvolume_nested_while_the_kernel_snapshots_is_caught_too(
+    pool: Pool, backend: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool.create_volume("racer", 8 * MiB)
+    root = pool.volume_path("racer")
+    real_snapshot = backend.snapshot
+
+    def snapshot_while_the_pod_nests(source: Path, path: Path, *args: Any, **kwargs: Any) -> None:
+        if source == root and not (root / "late").exists():
+            backend.create_subvolume(root / "late")  # after the first check, before the snapshot
+        real_snapshot(source, path, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "snapshot", snapshot_while_the_pod_nests)
+    with pytest.raises(NestedSubvolumes, match="late"):
+        pool.create_snapshot("snap", "racer")
+    backend.delete_subvolume(root / "late")
+    with pytest.raises(NestedSubvolumes, match="late"):
+        pool.create_volume("clone", 8 * MiB, Source(SourceKind.VOLUME, "racer"))
+    assert tree(pool.snapshots_dir) == tree(pool.staging_dir) == [] and pool.list_volume_ids() == ["racer"]
 
 
 def test_health(pool: Pool, backend: Backends) -> None:
