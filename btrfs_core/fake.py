@@ -159,6 +159,9 @@ class FakeBackend:
             return {}
         return {subvolume_id: self.usage(subvolume_id) for subvolume_id in self._limits}
 
+    def exclusive_all(self) -> dict[int, int]:
+        return {subvolume_id: usage.exclusive for subvolume_id, usage in self.usage_all().items()}
+
     def remove_stale_qgroups(self) -> list[int]:
         return []  # deleting a fake subvolume drops its qgroup, as kernels since 6.11 do
 

@@ -463,11 +463,11 @@ class Pool:
     def _written_by_volume(self) -> dict[str, int]:
         """What each volume has written, by volume id: its qgroup's exclusive bytes, every qgroup read
         in one TREE_SEARCH. The one place the capacity model reads volumes' usage."""
-        usage = self._fs.usage_all()
+        exclusive = self._fs.exclusive_all()
         return {
-            volume_id: usage[subvolume_id].exclusive
+            volume_id: exclusive[subvolume_id]
             for volume_id, subvolume_id in self._capacities.subvolumes().items()
-            if subvolume_id in usage
+            if subvolume_id in exclusive
         }
 
     def _available(self, written: Mapping[str, int], exclude: str | None = None) -> int:

@@ -10,6 +10,7 @@ from btrfs_core.subvolume import list_all, opened
 
 _STATUS = struct.Struct("<QQQQ")  # version, generation, flags, rescan progress
 _INFO = struct.Struct("<QQQQQ")  # generation, rfer, rfer_cmpr, excl, excl_cmpr
+_EXCLUSIVE = struct.Struct("<24xQ")  # excl, behind generation, rfer and rfer_cmpr
 _LIMIT = struct.Struct("<QQQQQ")  # flags, max_rfer, max_excl, rsv_rfer, rsv_excl
 _LEVEL_SHIFT = 48  # a qgroupid is level << 48 | id; level 0 qgroups belong to one subvolume each
 
@@ -115,6 +116,24 @@ def usage_all(path: Path) -> dict[int, QgroupUsage]:
     """Every level-0 qgroup's usage and limit in one pass over the quota tree, by subvolume id."""
     try:
         return _collect(path, 0, (1 << _LEVEL_SHIFT) - 1)
+    except NotFound:
+        return {}
+
+
+def exclusive_all(path: Path) -> dict[int, int]:
+    """Every level-0 qgroup's exclusive bytes, by subvolume id: one search of the info items alone,
+    no objects per qgroup (what the capacity check reads on every create: 20,000 qgroups at 10,000
+    volumes with a snapshot each)."""
+    try:
+        with opened(path) as fd:
+            items = ioctl.tree_search(
+                fd,
+                ioctl.QUOTA_TREE,
+                (0, ioctl.QGROUP_INFO_KEY, 0),
+                (0, ioctl.QGROUP_INFO_KEY, (1 << _LEVEL_SHIFT) - 1),
+                str(path),
+            )
+            return {qgroupid: _EXCLUSIVE.unpack_from(data)[0] for _objectid, _type, qgroupid, data in items}
     except NotFound:
         return {}
 

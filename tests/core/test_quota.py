@@ -34,7 +34,7 @@ def _cli_level0(mount: Path) -> dict[int, tuple[int, int, int | None]]:
 def test_status_enable_and_disable_each_mode(btrfs_mount: Path) -> None:
     off = quota.status(btrfs_mount)
     assert (off.mode, off.inconsistent, off.rescan_running) == (QuotaMode.OFF, False, False)
-    assert quota.usage_all(btrfs_mount) == {}
+    assert quota.usage_all(btrfs_mount) == {} and quota.exclusive_all(btrfs_mount) == {}
     with pytest.raises(NotFound):
         quota.usage(btrfs_mount, 5)
     with pytest.raises(InvalidArgument):
@@ -106,6 +106,7 @@ def test_usage_of_one_and_of_all_match_the_cli_after_sync(quota_mount: tuple[Pat
 
     found = quota.usage_all(mount)
     assert _as_cli(found) == _cli_level0(mount)
+    assert quota.exclusive_all(mount) == {qgroupid: usage.exclusive for qgroupid, usage in found.items()}
     ids = {entry.path: id_ for id_, entry in subvolume_list(mount).items()}
     for name in (*sizes, "nine-snap"):
         sid = ids[f"usage/{name}"]
