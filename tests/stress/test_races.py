@@ -15,11 +15,8 @@ from typing import Any
 import grpc
 import pytest
 
-from btrfs_core.pool import Pool
-from csi.__main__ import start
-from csi.config import Config
-from csi.pb import csi_pb2, csi_pb2_grpc
-from tests.csi.conftest import NODE_ID, Client, MiB, mount_capability
+from csi.pb import csi_pb2
+from tests.csi.conftest import Client, MiB, mount_capability
 from tests.stress.harness import (
     RPC_TIMEOUT,
     ServedDriver,
@@ -286,23 +283,8 @@ def test_creates_racing_for_the_last_space_never_overcommit(clients: list[Client
 
 
 def test_creates_racing_under_overprovision_never_exceed_it(btrfs_mount: Path) -> None:
-    """The served process has no overprovision flag: this serves a pool opened with 2.0 in-process."""
-    pool = Pool.open(btrfs_mount, overprovision=2.0)
-    workdir = ServedDriver(btrfs_mount).workdir
-    config = Config(socket_path=workdir / "csi.sock", node_id=NODE_ID, pool=btrfs_mount)
-    driver = start(config, pool)
-    channels = [grpc.insecure_channel(config.endpoint) for _ in range(CLIENTS)]
-    try:
-        clients = [
-            Client(csi_pb2_grpc.IdentityStub(ch), csi_pb2_grpc.ControllerStub(ch), csi_pb2_grpc.NodeStub(ch))
-            for ch in channels
-        ]
-        race_for_the_rest(clients, btrfs_mount, 2.0, scaled(3, 10))
-    finally:
-        for channel in channels:
-            channel.close()
-        driver.stop(0)
-        os.rmdir(workdir)
+    with served(btrfs_mount, "--overprovision", "2") as driver:
+        race_for_the_rest([driver.client() for _ in range(CLIENTS)], btrfs_mount, 2.0, scaled(3, 10))
 
 
 def test_a_second_driver_on_the_same_pool_is_refused(driver: ServedDriver, btrfs_mount: Path) -> None:
