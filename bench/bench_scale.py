@@ -47,22 +47,23 @@ def pool_size(volumes: int) -> int:
     return max(2 * GiB, (volumes * 2 * MiB) // GiB * GiB + 2 * GiB)
 
 
-def populate(mount: Path, volumes: int, threads: int = 4) -> None:
-    """`volumes` 1 MiB volumes and one snapshot of each, through the Pool API."""
+def populate(mount: Path, volumes: int, threads: int = 4, snapshots: bool = True) -> None:
+    """`volumes` 1 MiB volumes, and unless `snapshots` is False one snapshot of each, via the Pool API."""
     pool = Pool.open(mount)
 
     def make(i: int) -> None:
         pool.create_volume(f"pvc-{i:05d}", MiB)
-        pool.create_snapshot(f"snap-{i:05d}", f"pvc-{i:05d}")
+        if snapshots:
+            pool.create_snapshot(f"snap-{i:05d}", f"pvc-{i:05d}")
 
     with ThreadPoolExecutor(threads) as workers:
         list(workers.map(make, range(volumes)))
 
 
 @contextmanager
-def scaled_pool(volumes: int) -> Iterator[Path]:
+def scaled_pool(volumes: int, snapshots: bool = True) -> Iterator[Path]:
     with loop_pool(pool_size(volumes), prefix="btrfs-csi-scale-") as mount:
-        populate(mount, volumes)
+        populate(mount, volumes, snapshots=snapshots)
         yield mount
 
 
@@ -74,6 +75,7 @@ class Measures:
     create: float  # seconds, median
     volumes: int
     snapshots: int
+    rss_mib: float  # the driver's resident memory after listing everything and the creates
 
 
 def measure(mount: Path, samples: int, starts: int) -> Measures:
@@ -94,6 +96,8 @@ def measure(mount: Path, samples: int, starts: int) -> Measures:
         snapshots = list_snapshots(client, PAGE)
         listed_snapshots = time.perf_counter() - started
         creates = [timed_create(client, f"bench-{i}") for i in range(samples)]
+        assert driver.process is not None
+        rss = rss_mib(driver.process.pid)
         assert driver.stop() == 0, driver.log_tail()
     return Measures(
         statistics.median(startups),
@@ -102,7 +106,16 @@ def measure(mount: Path, samples: int, starts: int) -> Measures:
         statistics.median(creates),
         len(volumes),
         len(snapshots),
+        rss,
     )
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of a process, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def timed_create(client: Client, name: str) -> float:
@@ -122,6 +135,7 @@ def table(results: dict[int, Measures]) -> str:
     rows: list[tuple[str, Callable[[Measures], float], bool]] = [
         ("driver start-up to Probe ready (ms)", lambda m: m.startup * 1000, True),
         ("CreateVolume median latency (ms)", lambda m: m.create * 1000, True),
+        ("driver RSS after listing and creating (MiB)", lambda m: m.rss_mib, False),
         (f"ListVolumes, every page of {PAGE} (ms)", lambda m: m.list_volumes * 1000, False),
         (f"ListSnapshots, every page of {PAGE} (ms)", lambda m: m.list_snapshots * 1000, False),
     ]

@@ -1,0 +1,201 @@
+"""Where the time of a CreateVolume goes inside `btrfs-csi serve`: sampled under 16 clients and one at a time.
+
+Run as root, with py-spy installed (`.venv/bin/pip install py-spy`: a tool, not a dependency):
+
+    .venv/bin/python -m bench.profile_create [--calls 2000] [--sequential 400] [--out DIR]
+
+The driver runs as the chart runs it (INFO log, metrics exporter on) on a loop pool made for the run.
+py-spy samples every thread of it, idle ones too (`--idle`: a thread waiting for the pool lock or the
+commit is where a call's time goes), while the bench's clients create volumes; `perf stat` counts the
+driver's CPU time over the same phase where the kernel lets it. The raw stacks (flamegraph.pl and
+speedscope read them) are written outside the repository, into --out.
+
+Only the samples of threads serving a call count (their stacks hold gRPC's `_unary_response_in_pool`);
+each is put in the component of its innermost frame that a rule below names. The table shows each
+component's share of the serving threads' time and, for the sequential phase, its ms per call; the
+time a client waits outside the serving thread (client, transport, gRPC's queue) is the client-measured
+ms per call minus the serving thread's.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.bench_goals import CLIENTS, concurrently, create_request, create_volume, load, ours
+
+GiB = 1 << 30
+RATE = 200  # samples per second and thread
+SERVING = "_unary_response_in_pool"
+# (file part, function or "", component), tried from the innermost frame outwards; the first match wins.
+RULES: tuple[tuple[str, str, str], ...] = (
+    ("btrfs_core/filesystem.py", "sync", "commit: BTRFS_IOC_SYNC"),
+    ("btrfs_core/pool.py", "commit", "commit: waiting for a shared commit"),
+    ("btrfs_core/subvolume.py", "create", "ioctl: subvolume create"),
+    ("btrfs_core/subvolume.py", "rename", "rename into volumes/"),
+    ("btrfs_core/subvolume.py", "", "ioctl: subvolume id / is_subvolume"),
+    ("btrfs_core/quota.py", "", "ioctl: quota (limit, status)"),
+    ("btrfs_core/filesystem.py", "usage", "statfs (pool capacity)"),
+    ("btrfs_core/pool.py", "_write_metadata", "xattr: write metadata"),
+    ("btrfs_core/pool.py", "_read_metadata", "xattr: read metadata back"),
+    ("btrfs_core/pool.py", "_remove_xattr", "xattr: remove snapshot marker"),
+    ("btrfs_core/pool.py", "create_volume", "pool lock: waiting"),
+    ("btrfs_core/", "", "pool: other Python (ledger, names, staging)"),
+    ("logging/", "", "logging"),
+    ("csi/logging.py", "", "logging"),
+    ("csi/server.py", "_log_rpc", "logging"),
+    ("prometheus_client/", "", "RPC metrics"),
+    ("btrfs_exporter/", "", "RPC metrics"),
+    ("csi/", "", "CSI validation and answer"),
+    ("google/protobuf/", "", "gRPC + protobuf (serving thread)"),
+    ("grpc/", "", "gRPC + protobuf (serving thread)"),
+)
+
+
+def component(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        function, _, where = frame.partition(" (")
+        for part, name, label in RULES:
+            if part in where and (not name or function == name):
+                return label
+    return "other"
+
+
+def read_raw(path: Path) -> Counter[str]:
+    """Samples per component from py-spy's raw output (one `frame;frame;... count` line per stack)."""
+    shares: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack_text, _, count = line.rpartition(" ")
+        stack = stack_text.split(";")
+        if any(SERVING in frame for frame in stack):
+            shares[component(stack)] += int(count)
+    return shares
+
+
+def profile(
+    pid: int, out: Path, label: str, drive: Callable[[], int]
+) -> tuple[Counter[str], float, int, str]:
+    """Samples the driver while drive() runs: the samples, wall seconds, calls and `perf stat` output."""
+    raw = out / f"{label}.raw"
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(RATE),
+            "--idle",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    perf = None
+    if shutil.which("perf"):
+        perf = subprocess.Popen(
+            [
+                "perf",
+                "stat",
+                "-x,",
+                "-e",
+                "task-clock,context-switches",
+                "-p",
+                str(pid),
+                "-o",
+                str(out / f"{label}.perf"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    time.sleep(1)  # let both attach
+    started = time.perf_counter()
+    calls = drive()
+    wall = time.perf_counter() - started
+    cpu = ""
+    if perf is not None:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=30)
+        cpu = (out / f"{label}.perf").read_text()
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=60)
+    return read_raw(raw), wall, calls, cpu
+
+
+def task_clock_ms(perf_text: str) -> float | None:
+    for line in perf_text.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] == "task-clock" and fields[0] not in ("", "<not counted>"):
+            return float(fields[0])
+    return None
+
+
+def report(
+    label: str, samples: Counter[str], wall: float, calls: int, perf_text: str, concurrency: int
+) -> None:
+    total = sum(samples.values())
+    client_ms = wall * 1000 * concurrency / calls  # what one call takes, seen by its client
+    serving_ms = total / RATE * 1000 / calls  # serving-thread time per call
+    print(f"\n## {label}: {calls:,} calls in {wall:.1f} s ({calls / wall:,.0f}/s); {load()}")
+    cpu = task_clock_ms(perf_text)
+    if cpu is not None:
+        print(f"driver CPU (perf task-clock): {cpu / calls:.3f} ms per call")
+    print(f"client-measured {client_ms:.3f} ms per call; serving thread {serving_ms:.3f} ms per call\n")
+    print("| component | share of serving time | ms per call |")
+    print("|---|---:|---:|")
+    for name, count in samples.most_common():
+        print(f"| {name} | {count / total:.1%} | {serving_ms * count / total:.3f} |")
+    print(
+        f"| outside the serving thread (client, transport, queue) | |"
+        f" {max(0.0, client_ms - serving_ms):.3f} |"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=2000, help="CreateVolume calls from 16 clients")
+    parser.add_argument("--sequential", type=int, default=400, help="CreateVolume calls one at a time")
+    parser.add_argument("--out", type=Path, default=Path("/var/cache/btrfs-csi/bench-profile"))
+    args = parser.parse_args()
+    if os.geteuid() != 0 or not shutil.which("py-spy"):
+        print("profile_create: needs root and py-spy on PATH (.venv/bin/pip install py-spy)", file=sys.stderr)
+        return 2
+    out: Path = args.out / time.strftime("%Y%m%dT%H%M%S")
+    out.mkdir(parents=True)
+    with ours(8 * GiB) as driver:
+        pid = driver.pid
+
+        burst_calls: int = args.calls
+        sequential_calls: int = args.sequential
+
+        def burst() -> int:
+            concurrently(driver, [create_request(f"burst-{i}") for i in range(burst_calls)], create_volume)
+            return burst_calls
+
+        def one_at_a_time() -> int:
+            with driver.stubs() as (_identity, controller):
+                for i in range(sequential_calls):
+                    create_volume(controller, create_request(f"seq-{i}"))
+            return sequential_calls
+
+        for label, drive, concurrency in (("16-clients", burst, CLIENTS), ("sequential", one_at_a_time, 1)):
+            samples, wall, calls, perf_text = profile(pid, out, label, drive)
+            report(label, samples, wall, calls, perf_text, concurrency)
+    print(f"\nraw stacks: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
