@@ -19,12 +19,13 @@ ms per call minus the serving thread's.
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,57 @@ RULES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# btrfs ioctl numbers (type 0x94) by name, from linux/btrfs.h, for perf trace's undecoded commands
+BTRFS_IOCTLS = {
+    8: "SYNC",
+    17: "TREE_SEARCH_V2",
+    18: "INO_LOOKUP",
+    23: "SNAP_CREATE_V2",
+    24: "SUBVOL_CREATE_V2",
+    25: "SUBVOL_GETFLAGS",
+    26: "SUBVOL_SETFLAGS",
+    40: "QUOTA_CTL",
+    42: "QGROUP_CREATE",
+    43: "QGROUP_LIMIT",
+    60: "GET_SUBVOL_INFO",
+}
+# system calls that wait (for work, a lock, a timer): time in them is not work
+WAITS = frozenset(
+    {"futex", "epoll_wait", "epoll_pwait", "poll", "ppoll", "select", "pselect6", "clock_nanosleep", "wait4"}
+)
+# `   0.1 ( 0.045 ms): csi-rpc/12 ioctl(fd: 7, cmd: (NONE, 0x94, 0x8, 0)) = 0`; a call that another
+# thread's event interrupts is split: `(         ): csi-rpc/12 ioctl(...) ...`, then
+# `( 8.2 ms): csi-rpc/12  ... [continued]: ioctl()) = 0`.
+STARTED = re.compile(r"\(\s+\): (\S+) (\w+)\((.*) \.\.\.$")
+DONE = re.compile(r"\(\s*([\d.]+) ms\): (\S+) +(\.\.\. \[continued\]: )?(\w+)\((.*)")
+BTRFS_COMMAND = re.compile(r"cmd: \(\w+, 0x94, (0x[0-9a-f]+),")
+
+
+def syscall_name(name: str, args: str) -> str:
+    command = BTRFS_COMMAND.search(args) if name == "ioctl" else None
+    if command is None:
+        return name
+    number = int(command.group(1), 16)
+    return f"ioctl {BTRFS_IOCTLS.get(number, number)}"
+
+
+def syscall_times(path: Path) -> dict[str, float]:
+    """Milliseconds per system call (a btrfs ioctl by its name) in `perf trace` output."""
+    times: dict[str, float] = defaultdict(float)
+    pending: dict[str, str] = {}  # thread -> the call it started
+    for line in path.read_text(errors="replace").splitlines():
+        started = STARTED.search(line)
+        if started is not None:
+            pending[started.group(1)] = syscall_name(started.group(2), started.group(3))
+            continue
+        done = DONE.search(line)
+        if done is not None:
+            duration, thread, continued, name, args = done.groups()
+            call = pending.pop(thread, name) if continued else syscall_name(name, args)
+            times[call] += float(duration)
+    return times
+
+
 def component(stack: list[str]) -> str:
     for frame in reversed(stack):
         qualified, _, where = frame.partition(" (")
@@ -80,10 +132,8 @@ def read_raw(path: Path) -> Counter[str]:
     return shares
 
 
-def profile(
-    pid: int, out: Path, label: str, drive: Callable[[], int]
-) -> tuple[Counter[str], float, int, str]:
-    """Samples the driver while drive() runs: the samples, wall seconds, calls and `perf stat` output."""
+def profile(pid: int, out: Path, label: str, drive: Callable[[], int]) -> tuple[Counter[str], float, int]:
+    """Samples the driver while drive() runs (perf's output beside py-spy's): the samples, seconds, calls."""
     raw = out / f"{label}.raw"
     spy = subprocess.Popen(
         [
@@ -103,35 +153,24 @@ def profile(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    perf = None
-    if shutil.which("perf"):
-        perf = subprocess.Popen(
-            [
-                "perf",
-                "stat",
-                "-x,",
-                "-e",
-                "task-clock,context-switches",
-                "-p",
-                str(pid),
-                "-o",
-                str(out / f"{label}.perf"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    time.sleep(1)  # let both attach
+    perfs = []
+    if shutil.which("perf"):  # CPU time, and every system call with its duration
+        for what in (["stat", "-x,", "-e", "task-clock,context-switches"], ["trace"]):
+            perfs.append(
+                subprocess.Popen(
+                    ["perf", *what, "-p", str(pid), "-o", str(out / f"{label}.perf-{what[0]}")],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+    time.sleep(1)  # let them attach
     started = time.perf_counter()
     calls = drive()
     wall = time.perf_counter() - started
-    cpu = ""
-    if perf is not None:
-        perf.send_signal(signal.SIGINT)
-        perf.wait(timeout=30)
-        cpu = (out / f"{label}.perf").read_text()
-    spy.send_signal(signal.SIGINT)
-    spy.wait(timeout=60)
-    return read_raw(raw), wall, calls, cpu
+    for tool in [*perfs, spy]:
+        tool.send_signal(signal.SIGINT)
+        tool.wait(timeout=60)
+    return read_raw(raw), wall, calls
 
 
 def task_clock_ms(perf_text: str) -> float | None:
@@ -142,14 +181,13 @@ def task_clock_ms(perf_text: str) -> float | None:
     return None
 
 
-def report(
-    label: str, samples: Counter[str], wall: float, calls: int, perf_text: str, concurrency: int
-) -> None:
+def report(out: Path, label: str, samples: Counter[str], wall: float, calls: int, concurrency: int) -> None:
     total = sum(samples.values())
     client_ms = wall * 1000 * concurrency / calls  # what one call takes, seen by its client
     serving_ms = total / RATE * 1000 / calls  # serving-thread time per call
     print(f"\n## {label}: {calls:,} calls in {wall:.1f} s ({calls / wall:,.0f}/s); {load()}")
-    cpu = task_clock_ms(perf_text)
+    stat = out / f"{label}.perf-stat"
+    cpu = task_clock_ms(stat.read_text()) if stat.exists() else None
     if cpu is not None:
         print(f"driver CPU (perf task-clock): {cpu / calls:.3f} ms per call")
     print(f"client-measured {client_ms:.3f} ms per call; serving thread {serving_ms:.3f} ms per call\n")
@@ -161,6 +199,14 @@ def report(
         f"| outside the serving thread (client, transport, queue) | |"
         f" {max(0.0, client_ms - serving_ms):.3f} |"
     )
+    trace = out / f"{label}.perf-trace"
+    if trace.exists():
+        times = syscall_times(trace)
+        print("\n| system call, all threads (waits left out) | ms per call |")
+        print("|---|---:|")
+        working = sorted(((t, n) for n, t in times.items() if n not in WAITS), reverse=True)
+        for ms_total, name in working[:12]:
+            print(f"| {name} | {ms_total / calls:.3f} |")
 
 
 def main() -> int:
@@ -192,9 +238,11 @@ def main() -> int:
                     create_volume(controller, create_request(f"seq-{i}"))
             return sequential_calls
 
+        # perf follows the threads there are when it attaches: have gRPC start all its workers first
+        concurrently(driver, [create_request(f"warm-{i}") for i in range(4 * CLIENTS)], create_volume)
         for label, drive, concurrency in (("16-clients", burst, CLIENTS), ("sequential", one_at_a_time, 1)):
-            samples, wall, calls, perf_text = profile(pid, out, label, drive)
-            report(label, samples, wall, calls, perf_text, concurrency)
+            samples, wall, calls = profile(pid, out, label, drive)
+            report(out, label, samples, wall, calls, concurrency)
     print(f"\nraw stacks: {out}")
     return 0
 
