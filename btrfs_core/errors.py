@@ -37,14 +37,6 @@ class QuotaDisabled(BtrfsCoreError):
     """Quotas are off on the pool (disabled behind the driver's back): no capacity can be enforced."""
 
 
-class OperationPending(BtrfsCoreError):
-    """Another operation on the same object is in progress."""
-
-
-class Timeout(BtrfsCoreError):
-    """A bounded wait ran out."""
-
-
 class KernelError(BtrfsCoreError):
     """An ioctl or syscall failed; carries the errno and the operation."""
 

@@ -4,7 +4,7 @@ background reconciler that keeps quota accounting healthy.
 The usual wiring (see `server.build_registry`)::
 
     metrics = build_registry(pool, driver_name)
-    server = grpc.server(..., interceptors=[metrics.rpc_interceptor(), error_interceptor])
+    server = csi.server.build_server(..., observer=metrics.rpc)  # told of every RPC
     http = start_metrics_server("0.0.0.0:9842", metrics.registry)
     reconciler = metrics.reconciler(interval=60.0)
     reconciler.start()
@@ -14,7 +14,7 @@ The usual wiring (see `server.build_registry`)::
 
 from btrfs_exporter.collector import PoolCollector
 from btrfs_exporter.reconciler import Reconciler, ReconcilerMetrics
-from btrfs_exporter.rpc import RpcMetrics, RpcMetricsInterceptor
+from btrfs_exporter.rpc import RpcMetrics
 from btrfs_exporter.server import Metrics, MetricsServer, build_registry, start_metrics_server
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "Reconciler",
     "ReconcilerMetrics",
     "RpcMetrics",
-    "RpcMetricsInterceptor",
     "build_registry",
     "start_metrics_server",
 ]

@@ -22,21 +22,18 @@ from btrfs_core.pool import Pool
 from btrfs_exporter.collector import PoolCollector
 from btrfs_exporter.exposition import CONTENT_TYPE, render
 from btrfs_exporter.reconciler import DEFAULT_INTERVAL, Reconciler, ReconcilerMetrics
-from btrfs_exporter.rpc import RpcMetrics, RpcMetricsInterceptor
+from btrfs_exporter.rpc import RpcMetrics
 
 
 @dataclass(frozen=True)
 class Metrics:
-    """A pool's registry and the metric objects the RPC interceptor and the reconciler write to."""
+    """A pool's registry and the metric objects the csi server (`rpc`) and the reconciler write to."""
 
     registry: CollectorRegistry
     pool: Pool
     collector: PoolCollector
     rpc: RpcMetrics
     reconciler_metrics: ReconcilerMetrics
-
-    def rpc_interceptor(self) -> RpcMetricsInterceptor:
-        return RpcMetricsInterceptor(self.rpc)
 
     def reconciler(self, interval: float = DEFAULT_INTERVAL) -> Reconciler:
         return Reconciler(self.pool, self.reconciler_metrics, interval)

@@ -24,7 +24,7 @@ from csi.controller import ControllerServicer
 from csi.identity import IdentityServicer, driver_version
 from csi.locks import KeyedTryLock
 from csi.node import NodeServicer
-from csi.server import ServeError, bind_unix_socket, build_server, prepare_socket_path
+from csi.server import RpcObserver, ServeError, bind_unix_socket, build_server, prepare_socket_path
 
 log = logging.getLogger("csi")
 EXIT_REFUSED = 2
@@ -46,16 +46,18 @@ class Driver:
 def start(
     config: Config,
     pool: Pool,
-    interceptors: Sequence[grpc.ServerInterceptor] = (),  # type: ignore[type-arg]
+    observer: RpcObserver | None = None,
 ) -> Driver:
     """Builds the servicers over an opened pool and serves them on the configured socket."""
     locks = KeyedTryLock()  # one set for both services: a volume is busy whichever RPC holds it
+    # The generated .pyi marks every RPC abstract; at run time the base answers those a servicer leaves
+    # out with NotImplementedError, which the interceptor maps to UNIMPLEMENTED.
     server = build_server(
         IdentityServicer(config, pool),
-        ControllerServicer(config, pool, locks),
-        NodeServicer(config, pool, locks),
+        ControllerServicer(config, pool, locks),  # type: ignore[abstract]
+        NodeServicer(config, pool, locks),  # type: ignore[abstract]
         max_workers=config.max_workers,
-        interceptors=interceptors,
+        observer=observer,
     )
     bind_unix_socket(server, config.socket_path)
     server.start()
@@ -81,7 +83,7 @@ def serve(config: Config) -> int:
     # One registry for the RPC interceptor, the scrape-time collector and the reconciler's counters.
     metrics = build_registry(pool, config.driver_name)
     try:
-        driver = start(config, pool, [metrics.rpc_interceptor()])
+        driver = start(config, pool, metrics.rpc)
     except ServeError as exc:
         print(f"btrfs-csi: refusing to start: {exc}", file=sys.stderr)
         return EXIT_REFUSED

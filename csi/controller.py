@@ -12,7 +12,7 @@ from btrfs_core.models import Snapshot, Source, Volume
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from csi import validation as v
 from csi.config import Config
-from csi.errors import CsiError, unimplemented
+from csi.errors import CsiError
 from csi.locks import KeyedTryLock, snapshot_key, volume_key
 from csi.pb import csi_pb2, csi_pb2_grpc
 from csi.responses import condition_message, snapshot_message, volume_message
@@ -241,25 +241,6 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         snapshot_id = v.required_id(request.snapshot_id, "snapshot_id", "snapshot")
         return csi_pb2.GetSnapshotResponse(snapshot=snapshot_message(self._pool.get_snapshot(snapshot_id)))
 
-    # not offered: node-local volumes need no attach step, expansion happens on the node, and there
-    # are no mutable parameters
-
-    def ControllerPublishVolume(
-        self, request: csi_pb2.ControllerPublishVolumeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.ControllerPublishVolumeResponse:
-        raise unimplemented("ControllerPublishVolume")
-
-    def ControllerUnpublishVolume(
-        self, request: csi_pb2.ControllerUnpublishVolumeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.ControllerUnpublishVolumeResponse:
-        raise unimplemented("ControllerUnpublishVolume")
-
-    def ControllerExpandVolume(
-        self, request: csi_pb2.ControllerExpandVolumeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.ControllerExpandVolumeResponse:
-        raise unimplemented("ControllerExpandVolume")
-
-    def ControllerModifyVolume(
-        self, request: csi_pb2.ControllerModifyVolumeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.ControllerModifyVolumeResponse:
-        raise unimplemented("ControllerModifyVolume")
+    # Not here, so UNIMPLEMENTED (the generated base raises NotImplementedError): ControllerPublishVolume
+    # and ControllerUnpublishVolume (node-local volumes need no attach step), ControllerExpandVolume
+    # (expansion happens on the node), ControllerModifyVolume (no mutable parameters).

@@ -9,7 +9,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from btrfs_core.errors import OperationPending
+from csi.errors import aborted
 
 
 class KeyedTryLock:
@@ -21,23 +21,18 @@ class KeyedTryLock:
 
     @contextlib.contextmanager
     def hold(self, *keys: str) -> Iterator[None]:
-        """Holds every key for the body, or raises OperationPending naming a key already held."""
+        """Holds every key for the body, or refuses (ABORTED) naming a key already held."""
         wanted = set(keys)
         with self._mutex:
             busy = sorted(wanted & self._held)
             if busy:
-                raise OperationPending(f"an operation on {busy[0]} is already in progress")
+                raise aborted(f"an operation on {busy[0]} is already in progress")
             self._held |= wanted
         try:
             yield
         finally:
             with self._mutex:
                 self._held -= wanted
-
-    def held(self) -> frozenset[str]:
-        """The keys held right now (for tests and debugging)."""
-        with self._mutex:
-            return frozenset(self._held)
 
 
 def volume_key(volume_id: str) -> str:

@@ -11,7 +11,7 @@ from btrfs_core.errors import NotFound
 from btrfs_core.pool import Pool
 from csi import validation as v
 from csi.config import Config
-from csi.errors import failed_precondition, invalid, unimplemented
+from csi.errors import failed_precondition, invalid
 from csi.locks import KeyedTryLock, target_key, volume_key
 from csi.pb import csi_pb2, csi_pb2_grpc
 from csi.responses import condition_message
@@ -139,12 +139,5 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
             accessible_topology=csi_pb2.Topology(segments=self._config.topology),
         )
 
-    def NodeStageVolume(
-        self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.NodeStageVolumeResponse:
-        raise unimplemented("NodeStageVolume")
-
-    def NodeUnstageVolume(
-        self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.NodeUnstageVolumeResponse:
-        raise unimplemented("NodeUnstageVolume")
+    # NodeStageVolume and NodeUnstageVolume are left to the generated base (UNIMPLEMENTED): no
+    # STAGE_UNSTAGE_VOLUME capability, so the CO never calls them.

@@ -1,9 +1,7 @@
 """The gRPC server: bounded worker pool, a bounded queue per connection, message limits, the unix socket,
-and the one interceptor that maps errors to status codes and logs one line per RPC.
-
-Metrics hook: `build_server(..., interceptors=[...])` puts extra interceptors OUTSIDE the error-mapping
-one, so they see every RPC after its status is settled. An outer interceptor reads the outcome of a call
-with `rpc_code(context)` once the inner handler has returned (OK) or raised (the aborted status).
+and the one interceptor: it maps errors to status codes, logs one line per RPC and reports each RPC's
+method, final code and duration to an `RpcObserver` (the exporter's RPC metrics; this package imports
+nothing of the exporter).
 """
 
 import errno
@@ -13,10 +11,10 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import grpc
 
@@ -90,14 +88,28 @@ class ServeError(Exception):
     """The server cannot start (socket path unusable); the message is one line."""
 
 
-def rpc_code(context: grpc.ServicerContext) -> grpc.StatusCode:
-    """The status an RPC ended with, for interceptors outside the error mapping (OK when none was set)."""
-    code: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]
-    return code if code is not None else grpc.StatusCode.OK
+class RpcObserver(Protocol):
+    """Told of every CSI RPC by the interceptor; `code` is the name of the status the client got."""
+
+    def started(self, method: str) -> None: ...
+
+    def finished(self, method: str, code: str, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def started(self, method: str) -> None:
+        pass
+
+    def finished(self, method: str, code: str, seconds: float) -> None:
+        pass
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Turns exceptions into CSI status codes (csi.errors) and logs each RPC once, with its duration."""
+    """Turns exceptions into CSI status codes (csi.errors), logs each RPC once with its duration, and
+    reports it to the observer."""
+
+    def __init__(self, observer: RpcObserver) -> None:
+        self._observer = observer
 
     def intercept_service(
         self,
@@ -106,35 +118,52 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
-            return handler  # unknown method: grpc answers UNIMPLEMENTED itself
+            return handler  # unknown method: grpc answers UNIMPLEMENTED itself (CSI has no streams)
         method = handler_call_details.method.rsplit("/", 1)[-1]
         return grpc.unary_unary_rpc_method_handler(
-            _mapped(method, handler.unary_unary),
+            _mapped(method, handler.unary_unary, self._observer),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
 
-def _mapped(method: str, inner: Behaviour) -> Behaviour:
+def _mapped(method: str, inner: Behaviour, observer: RpcObserver) -> Behaviour:
     def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
         start = time.monotonic()
+        observer.started(method)
+        code = grpc.StatusCode.UNKNOWN  # what grpc sends if something other than an Exception escapes
         try:
-            if getattr(_overflow, "active", False):
-                raise unavailable(f"the driver is busy (workers and queue full): retry {method} later")
-            response = inner(request, context)
-        except Exception as exc:
-            mapped = status_for(exc)
-            if mapped is None:
-                code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-                _log_rpc(method, request, code, start, message, exc)  # the one traceback for this failure
-            else:
-                code, message = mapped
-                _log_rpc(method, request, code, start, message)
-            context.abort(code, message)
-        _log_rpc(method, request, grpc.StatusCode.OK, start)
-        return response
+            try:
+                if getattr(_overflow, "active", False):
+                    raise unavailable(f"the driver is busy (workers and queue full): retry {method} later")
+                response = inner(request, context)
+            except Exception as exc:
+                mapped = status_for(exc)
+                if mapped is None:
+                    code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+                    _log_rpc(method, request, code, start, message, exc)  # the one traceback for this failure
+                else:
+                    code, message = mapped
+                    _log_rpc(method, request, code, start, message)
+                context.abort(code, message)
+            code = _ended_code(context)
+            _log_rpc(method, request, code, start)
+            return response
+        finally:
+            observer.finished(method, code.name, time.monotonic() - start)
 
     return behaviour
+
+
+def _ended_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """OK, unless the call ended while the servicer worked: the deadline passed or the client went away
+    (the client got that code, and the response goes nowhere)."""
+    if context.is_active():
+        return grpc.StatusCode.OK
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _log_rpc(
@@ -165,12 +194,12 @@ def build_server(
     node: csi_pb2_grpc.NodeServicer,
     *,
     max_workers: int,
-    interceptors: Sequence[grpc.ServerInterceptor] = (),  # type: ignore[type-arg]
+    observer: RpcObserver | None = None,
 ) -> grpc.Server:
-    """The server with the three CSI services. `interceptors` (e.g. metrics) wrap the error mapping."""
+    """The server with the three CSI services; `observer` (e.g. RPC metrics) is told of every RPC."""
     server = grpc.server(
         QueueingExecutor(max_workers, max_queued=max_workers * QUEUED_RPCS_PER_WORKER),
-        interceptors=[*interceptors, ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(observer or _Unobserved())],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -4,19 +4,17 @@ import grpc
 import pytest
 
 from btrfs_core import errors as core
-from csi.errors import CORE_ERROR_CODES, CsiError, status_for, unimplemented
+from csi.errors import CORE_ERROR_CODES, CsiError, aborted, status_for
 
 EXPECTED = {
     core.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     core.NotFound: grpc.StatusCode.NOT_FOUND,
     core.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    core.OperationPending: grpc.StatusCode.ABORTED,
     core.CapacityOutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     core.InsufficientCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
     core.InUse: grpc.StatusCode.FAILED_PRECONDITION,
     core.QuotaDisabled: grpc.StatusCode.FAILED_PRECONDITION,
     core.NestedSubvolumes: grpc.StatusCode.FAILED_PRECONDITION,
-    core.Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -61,7 +59,12 @@ def test_failures_are_not_mapped(exc: Exception) -> None:
 
 def test_csi_errors_carry_their_code() -> None:
     assert status_for(CsiError(grpc.StatusCode.ABORTED, "busy")) == (grpc.StatusCode.ABORTED, "busy")
-    assert status_for(unimplemented("X")) == (
+    assert status_for(aborted("busy")) == (grpc.StatusCode.ABORTED, "busy")
+
+
+def test_an_rpc_left_to_the_generated_base_is_unimplemented() -> None:
+    # What csi_pb2_grpc's servicer base raises for every method a servicer does not define.
+    assert status_for(NotImplementedError("Method not implemented!")) == (
         grpc.StatusCode.UNIMPLEMENTED,
-        "X is not implemented by this driver",
+        "this driver does not implement this RPC",
     )

@@ -10,19 +10,22 @@ import stat
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from btrfs_core.pool import Pool
+from btrfs_exporter.rpc import RpcMetrics
 from csi import logging as csi_logging
 from csi.__main__ import start
 from csi.config import Config
 from csi.pb import csi_pb2, csi_pb2_grpc
-from csi.server import ServeError, prepare_socket_path, rpc_code
-from tests.csi.conftest import Client, MiB, code_of, mount_capability
+from csi.server import RpcObserver, ServeError, prepare_socket_path
+from tests.csi.conftest import Client, MiB, code_of, error_of, mount_capability
 
 
 class PoolWrapper:
@@ -69,10 +72,10 @@ def logs() -> Iterator[LogCapture]:
 
 
 def serve(
-    pool: Any, socket_dir: Path, interceptors: list[Any] | None = None
+    pool: Any, socket_dir: Path, observer: RpcObserver | None = None
 ) -> tuple[Client, Callable[[], None]]:
     config = Config(socket_path=socket_dir / "csi.sock", node_id="node-1", pool=pool.root, max_workers=4)
-    driver = start(config, cast(Pool, pool), interceptors or [])
+    driver = start(config, cast(Pool, pool), observer)
     channel = grpc.insecure_channel(config.endpoint)
     client = Client(
         csi_pb2_grpc.IdentityStub(channel),
@@ -174,36 +177,192 @@ def test_one_json_line_per_rpc_without_secrets(fake_pool: Pool, socket_dir: Path
     assert probe and probe[0]["level"] == "DEBUG"  # the liveness probe does not flood the log
 
 
-def test_metrics_hook_interceptor_sees_every_rpc_and_its_code(fake_pool: Pool, socket_dir: Path) -> None:
-    seen: list[tuple[str, grpc.StatusCode]] = []
+class Observed:
+    """The RPC metrics as the driver wires them (btrfs_exporter.rpc), in a registry of their own."""
 
-    class Recorder(grpc.ServerInterceptor):  # type: ignore[type-arg]
-        def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-            handler = continuation(details)
-            inner = handler.unary_unary
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = RpcMetrics(self.registry)
 
-            def observed(request: Any, context: grpc.ServicerContext) -> Any:
-                try:
-                    return inner(request, context)
-                finally:
-                    seen.append((details.method.rsplit("/", 1)[-1], rpc_code(context)))
+    def count(self, method: str, code: str) -> float:
+        value = self.registry.get_sample_value(
+            "btrfs_csi_rpc_duration_seconds_count", {"method": method, "code": code}
+        )
+        return value or 0.0
 
-            return grpc.unary_unary_rpc_method_handler(
-                observed, handler.request_deserializer, handler.response_serializer
-            )
+    def counts(self) -> dict[tuple[str, str], float]:
+        return {
+            (s.labels["method"], s.labels["code"]): s.value
+            for family in self.registry.collect()
+            if family.name == "btrfs_csi_rpc_duration_seconds"
+            for s in family.samples
+            if s.name.endswith("_count")
+        }
 
-    client, stop = serve(fake_pool, socket_dir, [Recorder()])
+    def seconds(self) -> float:
+        return sum(
+            s.value
+            for family in self.registry.collect()
+            for s in family.samples
+            if s.name == "btrfs_csi_rpc_duration_seconds_sum"
+        )
+
+    def in_flight(self) -> float:
+        value = self.registry.get_sample_value("btrfs_csi_rpc_in_flight")
+        assert value is not None
+        return value
+
+
+def test_the_observer_is_told_every_rpc_and_the_code_the_client_got(
+    fake_pool: Pool, socket_dir: Path
+) -> None:
+    observed = Observed()
+
+    def broken(volume_id: str) -> Any:
+        raise RuntimeError("a bug")
+
+    client, stop = serve(PoolWrapper(fake_pool, get_volume=broken), socket_dir, observed.metrics)
     try:
-        client.identity.Probe(csi_pb2.ProbeRequest())
-        code_of(client.controller.DeleteVolume, csi_pb2.DeleteVolumeRequest())
-        code_of(client.node.NodeStageVolume, csi_pb2.NodeStageVolumeRequest())
+        codes = [
+            code_of(client.identity.Probe, csi_pb2.ProbeRequest()),
+            code_of(client.controller.DeleteVolume, csi_pb2.DeleteVolumeRequest()),
+            code_of(client.node.NodeStageVolume, csi_pb2.NodeStageVolumeRequest()),
+            code_of(client.controller.ControllerGetVolume, csi_pb2.ControllerGetVolumeRequest(volume_id="v")),
+            code_of(client.controller.GetSnapshot, csi_pb2.GetSnapshotRequest(snapshot_id="snapshot-none")),
+        ]
     finally:
         stop()
-    assert seen == [
-        ("Probe", grpc.StatusCode.OK),
-        ("DeleteVolume", grpc.StatusCode.INVALID_ARGUMENT),
-        ("NodeStageVolume", grpc.StatusCode.UNIMPLEMENTED),
+    assert codes == [
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.NOT_FOUND,
     ]
+    assert observed.counts() == {
+        ("Probe", "OK"): 1.0,
+        ("DeleteVolume", "INVALID_ARGUMENT"): 1.0,
+        ("NodeStageVolume", "UNIMPLEMENTED"): 1.0,
+        ("ControllerGetVolume", "INTERNAL"): 1.0,
+        ("GetSnapshot", "NOT_FOUND"): 1.0,
+    }
+    assert observed.in_flight() == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "request_type"),
+    [
+        ("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest),
+        ("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest),
+        ("ControllerExpandVolume", csi_pb2.ControllerExpandVolumeRequest),
+        ("ControllerModifyVolume", csi_pb2.ControllerModifyVolumeRequest),
+        ("NodeStageVolume", csi_pb2.NodeStageVolumeRequest),
+        ("NodeUnstageVolume", csi_pb2.NodeUnstageVolumeRequest),
+    ],
+)
+def test_rpcs_the_driver_leaves_out_are_unimplemented_and_logged_once_without_traceback(
+    fake_pool: Pool, socket_dir: Path, logs: LogCapture, method: str, request_type: type
+) -> None:
+    logs.use("json")
+    client, stop = serve(fake_pool, socket_dir)
+    try:
+        service = client.node if method.startswith("Node") else client.controller
+        error = error_of(getattr(service, method), request_type(volume_id="pvc-1"))
+    finally:
+        stop()
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "does not implement" in (error.details() or "")
+    entries = [json.loads(line) for line in logs.lines()]
+    rpcs = [e for e in entries if e["logger"] == "csi.rpc" and e["method"] == method]
+    assert [(e["code"], e["level"]) for e in rpcs] == [("UNIMPLEMENTED", "WARNING")]
+    assert "Traceback" not in logs.buffer.getvalue()
+
+
+def test_in_flight_counts_calls_being_served(fake_pool: Pool, socket_dir: Path) -> None:
+    observed = Observed()
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_create(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return fake_pool.create_volume(*args, **kwargs)
+
+    client, stop = serve(PoolWrapper(fake_pool, create_volume=slow_create), socket_dir, observed.metrics)
+    try:
+        call = client.controller.CreateVolume.future(request("slow"), timeout=60)
+        assert entered.wait(30)
+        assert observed.in_flight() == 1
+        release.set()
+        assert outcome(call) == grpc.StatusCode.OK
+    finally:
+        release.set()
+        stop()
+    assert observed.in_flight() == 0 and observed.count("CreateVolume", "OK") == 1
+
+
+def test_a_deadline_that_passes_mid_call_is_recorded_as_such(fake_pool: Pool, socket_dir: Path) -> None:
+    observed = Observed()
+    release = threading.Event()
+
+    def slow_create(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return fake_pool.create_volume(*args, **kwargs)
+
+    client, stop = serve(PoolWrapper(fake_pool, create_volume=slow_create), socket_dir, observed.metrics)
+    try:
+        with pytest.raises(grpc.RpcError) as late:
+            client.controller.CreateVolume(request("slow"), timeout=0.2)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        release.set()  # the servicer finishes only now, after the client gave up
+    finally:
+        release.set()
+        stop()  # waits for the call to finish
+    assert observed.counts() == {("CreateVolume", "DEADLINE_EXCEEDED"): 1.0}
+    assert observed.seconds() >= 0.2  # the time the server spent: at least until the deadline
+    assert observed.in_flight() == 0
+
+
+def test_unknown_methods_are_not_observed(fake_pool: Pool, socket_dir: Path) -> None:
+    observed = Observed()
+    _, stop = serve(fake_pool, socket_dir, observed.metrics)
+    try:
+        with grpc.insecure_channel(f"unix://{socket_dir / 'csi.sock'}") as channel:
+            call = channel.unary_unary("/csi.v1.Controller/Missing", None, None)
+            with pytest.raises(grpc.RpcError) as missing:
+                call(b"", timeout=10)
+    finally:
+        stop()
+    assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert observed.counts() == {}  # no handler, nothing to time
+
+
+def test_many_concurrent_calls_are_all_counted(fake_pool: Pool, socket_dir: Path) -> None:
+    observed = Observed()
+    client, stop = serve(fake_pool, socket_dir, observed.metrics)
+    calls: list[tuple[Callable[..., Any], Any]] = [
+        (client.identity.Probe, csi_pb2.ProbeRequest()),
+        (client.controller.DeleteVolume, csi_pb2.DeleteVolumeRequest()),
+        (client.controller.GetSnapshot, csi_pb2.GetSnapshotRequest(snapshot_id="snapshot-none")),
+        (client.node.NodeStageVolume, csi_pb2.NodeStageVolumeRequest()),
+    ] * 25
+    try:
+        with futures.ThreadPoolExecutor(max_workers=8) as callers:
+            codes = list(callers.map(lambda call: code_of(*call), calls))
+    finally:
+        stop()
+    assert Counter(codes) == {
+        grpc.StatusCode.OK: 25,
+        grpc.StatusCode.INVALID_ARGUMENT: 25,
+        grpc.StatusCode.NOT_FOUND: 25,
+        grpc.StatusCode.UNIMPLEMENTED: 25,
+    }
+    assert observed.counts() == {
+        ("Probe", "OK"): 25.0,
+        ("DeleteVolume", "INVALID_ARGUMENT"): 25.0,
+        ("GetSnapshot", "NOT_FOUND"): 25.0,
+        ("NodeStageVolume", "UNIMPLEMENTED"): 25.0,
+    }
+    assert observed.in_flight() == 0
 
 
 def test_concurrent_call_on_the_same_volume_is_aborted_not_queued(fake_pool: Pool, socket_dir: Path) -> None:
