@@ -30,8 +30,8 @@ from pathlib import Path
 
 import grpc
 
-from btrfs_core import mounts
 from btrfs_core.pool import Pool
+from btrfs_core.publish import Publisher
 from csi.__main__ import start
 from csi.config import Config
 from csi.pb import csi_pb2, csi_pb2_grpc
@@ -125,8 +125,9 @@ def measure(existing: int, samples: int) -> dict[str, float]:
         published: list[tuple[str, Path]] = []
 
         def unpublish_all() -> None:
+            publisher = Publisher(pool)
             for volume_id, target in published:
-                mounts.unpublish(pool.volume_path(volume_id), target, pool_root=pool.root)
+                publisher.unpublish(volume_id, target)
 
         cleanup.callback(unpublish_all)
         publish_samples = []

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from google.protobuf.message import Message
 
+from btrfs_core.text import shortened
 from csi.pb import csi_pb2
 
 RPC_LOGGER = "csi.rpc"
@@ -42,7 +43,7 @@ def _is_secret(message: Message, name: str) -> bool:
 
 
 def _cut(value: str) -> str:
-    return value if len(value) <= MAX_LOGGED_CHARS else value[:MAX_LOGGED_CHARS] + "..."
+    return shortened(value, MAX_LOGGED_CHARS)
 
 
 def escape_controls(text: str) -> str:

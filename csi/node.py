@@ -6,12 +6,11 @@ straight onto the target and staging_target_path is unused.
 
 import grpc
 
-from btrfs_core import mounts
-from btrfs_core.errors import NotFound
 from btrfs_core.pool import Pool
+from btrfs_core.publish import Publisher
 from csi import validation as v
 from csi.config import Config
-from csi.errors import failed_precondition, invalid
+from csi.errors import CsiError, failed_precondition, invalid
 from csi.locks import KeyedTryLock, target_key, volume_key
 from csi.pb import csi_pb2, csi_pb2_grpc
 from csi.responses import condition_message
@@ -25,6 +24,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
     def __init__(self, config: Config, pool: Pool, locks: KeyedTryLock) -> None:
         self._config = config
         self._pool = pool
+        self._publisher = Publisher(pool)
         self._locks = locks
 
     def NodePublishVolume(
@@ -38,21 +38,13 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         reason = cap.unsupported()
         if reason:
             raise failed_precondition(f"volume_capability: {reason}")
-        readonly = request.readonly or cap.readonly
-        if not readonly and self._pool.read_only():
-            # Its writes would fail with EROFS in the pod; a read-only publish still works.
-            raise failed_precondition(
-                f"volume {volume_id}: pool {self._pool.root} is mounted read-only, "
-                "only a read-only publish is possible"
-            )
         with self._locks.hold(volume_key(volume_id), target_key(target)):
-            mounts.publish(
-                self._pool.volume_path(volume_id),
+            self._publisher.publish(
+                volume_id,
                 target,
-                readonly=readonly,
+                readonly=request.readonly or cap.readonly,
                 options=cap.options,
                 exclusive=cap.exclusive,
-                pool_root=self._pool.root,
             )
         return csi_pb2.NodePublishVolumeResponse()
 
@@ -62,15 +54,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         volume_id = v.required_id(request.volume_id, "volume_id")
         target = v.required_path(request.target_path, "target_path")
         with self._locks.hold(volume_key(volume_id), target_key(target)):
-            try:
-                source = self._pool.volume_path(volume_id)
-            except NotFound:
-                # Deleted behind the driver's back while published: its mount still holds the pod, so
-                # take it down all the same. Nothing of it mounted there: the volume is unknown.
-                source = self._pool.volume_location(volume_id)
-                if not mounts.published_at(source, target):
-                    raise
-            mounts.unpublish(source, target, pool_root=self._pool.root)
+            self._publisher.unpublish(volume_id, target)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def NodeGetVolumeStats(
@@ -120,8 +104,12 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         relative one included) NOT_FOUND."""
         if not volume_path:
             raise invalid("volume_path is required")
-        source = self._pool.volume_path(volume_id)
-        mounts.check_published(source, v.well_formed_path(volume_path, "volume_path"))
+        try:
+            path = v.well_formed_path(volume_path, "volume_path")
+        except CsiError:
+            self._pool.volume_path(volume_id)  # NotFound first when the volume is unknown
+            raise
+        self._publisher.check_published(volume_id, path)
 
     def NodeGetCapabilities(
         self, request: csi_pb2.NodeGetCapabilitiesRequest, context: grpc.ServicerContext

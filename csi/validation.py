@@ -16,6 +16,7 @@ from btrfs_core import mounts
 from btrfs_core.errors import InvalidArgument
 from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import check_id
+from btrfs_core.text import shortened
 from csi.errors import aborted, invalid, out_of_range, resource_exhausted
 from csi.pb import csi_pb2
 
@@ -60,7 +61,7 @@ READONLY_FLAG = "ro"
 
 def shown(value: str, limit: int = 64) -> str:
     """A value for an error message: quoted, control characters escaped, long values cut."""
-    return repr(value if len(value) <= limit else value[:limit] + "...")
+    return repr(shortened(value, limit))
 
 
 def _utf8_len(value: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from btrfs_core import mounts
+from btrfs_core import mounts, publish
 from btrfs_core.pool import Pool
 from csi.pb import csi_pb2
 from tests.csi.conftest import NODE_ID, Client, MiB, Mode, code_of, mount_capability, serve, tree
@@ -533,7 +533,7 @@ def test_unpublish_removes_only_a_target_directory_it_made(kcsi: Client, tmp_pat
     made_by_the_driver = tmp_path / "driver"
     kcsi.publish(volume.volume_id, made_by_the_driver)
     # The mark is on the directory under the mount, not on the volume a pod can write to.
-    assert mounts.TARGET_MARKER not in os.listxattr(made_by_the_driver)
+    assert publish.TARGET_MARKER not in os.listxattr(made_by_the_driver)
     kcsi.unpublish(volume.volume_id, made_by_the_driver)
     assert not made_by_the_driver.exists()
     assert sorted(os.listdir(tmp_path)) == ["co"]  # no temporary directory left behind

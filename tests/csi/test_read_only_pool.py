@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from btrfs_core import mounts
+from btrfs_core import publish
 from btrfs_exporter import build_registry
 from csi.pb import csi_pb2
 from tests.csi.conftest import Client, MiB, error_of, mount_capability
@@ -50,10 +50,10 @@ def test_read_only_pool_offers_nothing_writable(kcsi: Client, sandbox: Path) -> 
         refused = error_of(kcsi.node.NodePublishVolume, request)
         assert refused.code() is grpc.StatusCode.FAILED_PRECONDITION, refused.details()
         assert "read-only" in (refused.details() or "")
-        assert not mounts.published_at(pool.volume_path("kept"), target)
+        assert not publish.published_at(pool.volume_path("kept"), target)
 
         kcsi.publish("kept", sandbox / "ro", readonly=True)  # reading still works
-        assert mounts.published_at(pool.volume_path("kept"), sandbox / "ro")
+        assert publish.published_at(pool.volume_path("kept"), sandbox / "ro")
         assert kcsi.identity.Probe(csi_pb2.ProbeRequest()).ready.value
         kcsi.unpublish("kept", sandbox / "ro")
     finally:
