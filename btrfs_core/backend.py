@@ -15,8 +15,9 @@ class Backend(Protocol):
     metadata_xattr: str
 
     def check(self) -> str | None: ...
-    def create_subvolume(self, path: Path) -> None: ...
-    def snapshot(self, source: Path, path: Path, readonly: bool) -> None: ...
+    # qgroup: the level-1 qgroup the new subvolume's qgroup joins in the same transaction.
+    def create_subvolume(self, path: Path, qgroup: int | None = None) -> None: ...
+    def snapshot(self, source: Path, path: Path, readonly: bool, qgroup: int | None = None) -> None: ...
     def delete_subvolume(self, path: Path) -> None: ...
     def rename(self, source: Path, destination: Path) -> None: ...
     def is_subvolume(self, path: Path) -> bool: ...
@@ -27,10 +28,16 @@ class Backend(Protocol):
     def quota_status(self) -> QuotaStatus: ...
     def enable_quota(self, mode: QuotaMode) -> None: ...
     def rescan_quota(self) -> None: ...
-    def set_limit(self, subvolume_id: int, limit: int | None) -> None: ...
-    def usage(self, subvolume_id: int) -> QgroupUsage: ...
-    def usage_all(self) -> dict[int, QgroupUsage]: ...
-    def exclusive_all(self) -> dict[int, int]: ...
+    def set_limit(self, qgroupid: int, limit: int | None) -> None: ...
+    def usage(self, qgroupid: int) -> QgroupUsage: ...
+    def usage_all(self) -> dict[int, QgroupUsage]: ...  # level 0: by subvolume id
+    def group_usage_all(self) -> dict[int, QgroupUsage]: ...  # level 1 and above
+    def create_qgroup(self, qgroupid: int) -> None: ...
+    def destroy_qgroup(self, qgroupid: int) -> None: ...
+    def assign_qgroup(self, member: int, parent: int, assign: bool) -> None: ...
+    def qgroup_relations(self) -> dict[int, set[int]]: ...  # member -> its parent qgroups
+    def subvolume_parents(self) -> dict[int, int]: ...  # every subvolume id -> the one holding it
+    def exclusive_all(self) -> dict[int, int]: ...  # every qgroup's exclusive bytes
     def remove_stale_qgroups(self) -> list[int]: ...
     def fs_usage(self) -> FsUsage: ...
     def space(self) -> PoolSpace: ...
@@ -48,11 +55,11 @@ class KernelBackend:
     def check(self) -> str | None:
         return filesystem.check_btrfs_mount(self.root)
 
-    def create_subvolume(self, path: Path) -> None:
-        subvolume.create(path)
+    def create_subvolume(self, path: Path, qgroup: int | None = None) -> None:
+        subvolume.create(path, qgroup)
 
-    def snapshot(self, source: Path, path: Path, readonly: bool) -> None:
-        subvolume.snapshot(source, path, readonly)
+    def snapshot(self, source: Path, path: Path, readonly: bool, qgroup: int | None = None) -> None:
+        subvolume.snapshot(source, path, readonly, qgroup)
 
     def delete_subvolume(self, path: Path) -> None:
         subvolume.delete(path)
@@ -85,17 +92,35 @@ class KernelBackend:
             if exc.errno != errno.EINPROGRESS:  # one is running already: that is what we wanted
                 raise
 
-    def set_limit(self, subvolume_id: int, limit: int | None) -> None:
-        quota.set_limit(self.root, subvolume_id, limit)
+    def set_limit(self, qgroupid: int, limit: int | None) -> None:
+        quota.set_limit(self.root, qgroupid, limit)
 
-    def usage(self, subvolume_id: int) -> QgroupUsage:
-        return quota.usage(self.root, subvolume_id)
+    def usage(self, qgroupid: int) -> QgroupUsage:
+        return quota.usage(self.root, qgroupid)
 
     def usage_all(self) -> dict[int, QgroupUsage]:
         return quota.usage_all(self.root)
 
     def exclusive_all(self) -> dict[int, int]:
         return quota.exclusive_all(self.root)
+
+    def group_usage_all(self) -> dict[int, QgroupUsage]:
+        return quota.group_usage_all(self.root)
+
+    def create_qgroup(self, qgroupid: int) -> None:
+        quota.create_qgroup(self.root, qgroupid)
+
+    def destroy_qgroup(self, qgroupid: int) -> None:
+        quota.destroy_qgroup(self.root, qgroupid)
+
+    def assign_qgroup(self, member: int, parent: int, assign: bool) -> None:
+        quota.assign(self.root, member, parent, assign)
+
+    def qgroup_relations(self) -> dict[int, set[int]]:
+        return quota.relations(self.root)
+
+    def subvolume_parents(self) -> dict[int, int]:
+        return subvolume.list_all(self.root)
 
     def remove_stale_qgroups(self) -> list[int]:
         return quota.remove_stale(self.root)

@@ -52,12 +52,12 @@ def available_bytes(space: PoolSpace, unwritten: int, overprovision: float = 1.0
 @dataclass(frozen=True)
 class Promise:
     capacity: int
-    subvolume_id: int | None  # None while the volume is being built
+    qgroup: int | None  # the one that carries the volume's limit; None while the volume is being built
 
 
 class Ledger:
-    """Each volume's capacity and subvolume, kept as they change: reading 10,000 volumes' metadata
-    on every create would cost more than the create's own system calls."""
+    """Each volume's capacity and qgroup, kept as they change: reading 10,000 volumes' metadata on
+    every create would cost more than the create's own system calls."""
 
     def __init__(self, promises: Mapping[str, Promise] | None = None) -> None:
         self._by_id = dict(promises or {})
@@ -65,8 +65,8 @@ class Ledger:
     def get(self, volume_id: str) -> Promise | None:
         return self._by_id.get(volume_id)
 
-    def put(self, volume_id: str, capacity: int, subvolume_id: int | None = None) -> None:
-        self._by_id[volume_id] = Promise(capacity, subvolume_id)
+    def put(self, volume_id: str, capacity: int, qgroup: int | None = None) -> None:
+        self._by_id[volume_id] = Promise(capacity, qgroup)
 
     def pop(self, volume_id: str) -> None:
         self._by_id.pop(volume_id, None)
@@ -74,9 +74,9 @@ class Ledger:
     def ids(self) -> set[str]:
         return set(self._by_id)
 
-    def subvolumes(self) -> dict[str, int]:
-        """Volume id -> subvolume id, for volumes that have one."""
-        return {vid: p.subvolume_id for vid, p in self._by_id.items() if p.subvolume_id is not None}
+    def qgroups(self) -> dict[str, int]:
+        """Volume id -> the qgroup that carries its limit, for volumes that have one."""
+        return {vid: p.qgroup for vid, p in self._by_id.items() if p.qgroup is not None}
 
     def unwritten(self, written: Mapping[str, int], exclude: str | None = None) -> int:
         """What every volume (but `exclude`) may still write up to its limit, by what it has written."""

@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from btrfs_core.errors import InvalidArgument, KernelError, NotFound
+from btrfs_core.errors import AlreadyExists, InUse, InvalidArgument, KernelError, NotFound
 from btrfs_core.models import (
     BlockGroups,
     FsUsage,
@@ -22,6 +22,8 @@ from btrfs_core.models import (
 )
 
 _ID_XATTR = "user.fake-btrfs.id"
+_LEVEL1 = 1 << 48
+_TOP_LEVEL = 5
 
 
 class FakeBackend:
@@ -35,18 +37,43 @@ class FakeBackend:
         self.syncs = 0
         self._next_id = 256
         self._info: dict[int, SubvolumeInfo] = {}
-        self._limits: dict[int, int | None] = {}
+        self._limits: dict[int, int | None] = {}  # level-0 qgroups, by subvolume id
+        self._groups: dict[int, int | None] = {}  # qgroups of level 1 and above, with their limits
+        self._parents: dict[int, set[int]] = {}  # qgroup -> the qgroups it is a member of
 
     def check(self) -> str | None:
         return None if self.root.is_dir() else f"{self.root} is not a directory"
 
-    def _register(self, path: Path, parent_uuid: uuid.UUID | None, readonly: bool) -> None:
+    def _register(
+        self, path: Path, parent_uuid: uuid.UUID | None, readonly: bool, qgroup: int | None
+    ) -> None:
         subvolume_id, self._next_id = self._next_id, self._next_id + 1
         os.setxattr(path, _ID_XATTR, str(subvolume_id).encode())
+        holder = self._holder(path.parent)
         self._info[subvolume_id] = SubvolumeInfo(
-            subvolume_id, path.name, 5, uuid.uuid4(), parent_uuid, 1, time.time(), readonly
+            subvolume_id, path.name, holder, uuid.uuid4(), parent_uuid, 1, time.time(), readonly
         )
         self._limits[subvolume_id] = None
+        inherited = self._parents.get(holder, set())
+        if qgroup is not None:
+            self._parents[subvolume_id] = {qgroup}
+        elif self.mode is QuotaMode.SIMPLE and len(inherited) == 1:
+            # Simple quotas' auto-inherit, for subvolumes and snapshots alike: the one level-1 qgroup
+            # of the subvolume that holds the new one (measured on 6.18).
+            self._parents[subvolume_id] = set(inherited)
+
+    def _holder(self, directory: Path) -> int:
+        """The subvolume a directory belongs to: the nearest subvolume above it, else the top level."""
+        for candidate in (directory, *directory.parents):
+            if candidate == self.root:
+                break
+            if self.is_subvolume(candidate):
+                return self._id(candidate)
+        return _TOP_LEVEL
+
+    def _check_quota(self, operation: str) -> None:
+        if self.mode is QuotaMode.OFF:
+            raise KernelError(operation, errno.ENOTCONN, "quotas are off")
 
     def _id(self, path: Path) -> int:
         try:
@@ -57,12 +84,16 @@ class FakeBackend:
             raise NotFound(f"{path} is not a subvolume")
         return subvolume_id
 
-    def create_subvolume(self, path: Path) -> None:
+    def create_subvolume(self, path: Path, qgroup: int | None = None) -> None:
+        if qgroup is not None and qgroup not in self._groups:
+            raise NotFound(f"qgroup {qgroup}: no such qgroup")
         path.mkdir()
-        self._register(path, None, readonly=False)
+        self._register(path, None, readonly=False, qgroup=qgroup)
 
-    def snapshot(self, source: Path, path: Path, readonly: bool) -> None:
+    def snapshot(self, source: Path, path: Path, readonly: bool, qgroup: int | None = None) -> None:
         parent = self._info[self._id(source)]
+        if qgroup is not None and qgroup not in self._groups:
+            raise NotFound(f"qgroup {qgroup}: no such qgroup")
         nested = {source / relative for relative in self.nested_subvolumes(source)}
         # Copies the root's xattrs, as a snapshot does; not recursive: a nested subvolume becomes an
         # empty directory.
@@ -71,7 +102,7 @@ class FakeBackend:
         )
         for relative in nested:
             (path / relative.relative_to(source)).mkdir()
-        self._register(path, parent.uuid, readonly)
+        self._register(path, parent.uuid, readonly, qgroup=qgroup)
 
     def delete_subvolume(self, path: Path) -> None:
         held = [self._id(path / relative) for relative in self._all_nested(path)]
@@ -79,6 +110,7 @@ class FakeBackend:
         shutil.rmtree(path)
         for gone in (*held, subvolume_id):
             del self._info[gone], self._limits[gone]
+            self._parents.pop(gone, None)  # the kernel drops a deleted subvolume's qgroup (6.11+)
 
     def rename(self, source: Path, destination: Path) -> None:
         if self._info[self._id(source)].readonly and source.parent != destination.parent:
@@ -133,13 +165,60 @@ class FakeBackend:
             raise InvalidArgument("quota enable: off is not a quota mode")
         self.mode = mode
 
+    def disable_quota(self) -> None:
+        """What `btrfs quota disable` does: every qgroup, limit and relation is gone."""
+        self.mode = QuotaMode.OFF
+        self._limits = dict.fromkeys(self._limits)
+        self._groups.clear()
+        self._parents.clear()
+
     def rescan_quota(self) -> None:
         self.inconsistent = False
 
-    def set_limit(self, subvolume_id: int, limit: int | None) -> None:
-        if subvolume_id not in self._limits:
-            raise NotFound(f"qgroup 0/{subvolume_id} does not exist")
-        self._limits[subvolume_id] = limit
+    def set_limit(self, qgroupid: int, limit: int | None) -> None:
+        table = self._groups if qgroupid >= _LEVEL1 else self._limits
+        if qgroupid not in table:
+            raise NotFound(f"qgroup {qgroupid} does not exist")
+        table[qgroupid] = limit
+
+    def create_qgroup(self, qgroupid: int) -> None:
+        self._check_quota("qgroup create")
+        if qgroupid < _LEVEL1:
+            raise InvalidArgument(f"qgroup create: {qgroupid} is a level-0 qgroup")
+        if qgroupid in self._groups:
+            raise AlreadyExists(f"qgroup create: qgroup {qgroupid} exists")
+        self._groups[qgroupid] = None
+
+    def destroy_qgroup(self, qgroupid: int) -> None:
+        self._check_quota("qgroup destroy")
+        if qgroupid not in self._groups:
+            raise NotFound(f"qgroup destroy: qgroup {qgroupid} does not exist")
+        if any(qgroupid in parents for parents in self._parents.values()):
+            raise InUse(f"qgroup destroy: qgroup {qgroupid} has members")
+        del self._groups[qgroupid]
+        self._parents.pop(qgroupid, None)
+
+    def assign_qgroup(self, member: int, parent: int, assign: bool) -> None:
+        self._check_quota("qgroup assign")
+        if parent not in self._groups or (member not in self._limits and member not in self._groups):
+            raise NotFound(f"qgroup assign: {member} or {parent} does not exist")
+        parents = self._parents.setdefault(member, set())
+        if assign == (parent in parents):
+            if assign:
+                raise AlreadyExists(f"qgroup assign: {member} is a member of {parent} already")
+            raise NotFound(f"qgroup remove: {member} is not a member of {parent}")
+        if assign:
+            parents.add(parent)
+        else:
+            parents.discard(parent)
+        if self.mode is QuotaMode.FULL:
+            self.inconsistent = True  # the kernel's quick update rarely applies to volumes with data
+
+    def qgroup_relations(self) -> dict[int, set[int]]:
+        return {member: set(parents) for member, parents in self._parents.items() if parents}
+
+    def subvolume_parents(self) -> dict[int, int]:
+        return {subvolume_id: info.parent_id for subvolume_id, info in self._info.items()}
 
     def _bytes(self, subvolume_id: int) -> int:
         for path in (self.root / "volumes", self.root / "snapshots", self.root / ".staging"):
@@ -148,11 +227,14 @@ class FakeBackend:
                     return sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
         return 0
 
-    def usage(self, subvolume_id: int) -> QgroupUsage:
-        if self.mode is QuotaMode.OFF or subvolume_id not in self._limits:
-            raise NotFound(f"qgroup 0/{subvolume_id}: no qgroup")
-        used = self._bytes(subvolume_id)
-        return QgroupUsage(subvolume_id, used, used, self._limits[subvolume_id])
+    def usage(self, qgroupid: int) -> QgroupUsage:
+        if self.mode is QuotaMode.OFF or (qgroupid not in self._limits and qgroupid not in self._groups):
+            raise NotFound(f"qgroup {qgroupid}: no qgroup")
+        if qgroupid in self._groups:
+            used = sum(self._bytes(m) for m, parents in self._parents.items() if qgroupid in parents)
+            return QgroupUsage(qgroupid, used, used, self._groups[qgroupid])
+        used = self._bytes(qgroupid)
+        return QgroupUsage(qgroupid, used, used, self._limits[qgroupid])
 
     def usage_all(self) -> dict[int, QgroupUsage]:
         if self.mode is QuotaMode.OFF:
@@ -160,7 +242,13 @@ class FakeBackend:
         return {subvolume_id: self.usage(subvolume_id) for subvolume_id in self._limits}
 
     def exclusive_all(self) -> dict[int, int]:
-        return {subvolume_id: usage.exclusive for subvolume_id, usage in self.usage_all().items()}
+        every = {**self.usage_all(), **self.group_usage_all()}
+        return {qgroupid: usage.exclusive for qgroupid, usage in every.items()}
+
+    def group_usage_all(self) -> dict[int, QgroupUsage]:
+        if self.mode is QuotaMode.OFF:
+            return {}
+        return {qgroupid: self.usage(qgroupid) for qgroupid in self._groups}
 
     def remove_stale_qgroups(self) -> list[int]:
         return []  # deleting a fake subvolume drops its qgroup, as kernels since 6.11 do

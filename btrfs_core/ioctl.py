@@ -40,13 +40,32 @@ class VolArgsV2(ctypes.Structure):
         ("fd", s64),
         ("transid", u64),
         ("flags", u64),
-        ("unused", u64 * 4),  # a union: size and qgroup_inherit pointer, unused here
+        ("size", u64),  # of the qgroup_inherit structure, with SUBVOL_QGROUP_INHERIT in flags
+        ("qgroup_inherit", ctypes.c_void_p),
+        ("unused", u64 * 2),
         ("name", ctypes.c_char * 4040),
     ]
 
 
 class QgroupLimit(ctypes.Structure):
     _fields_ = [("flags", u64), ("max_rfer", u64), ("max_excl", u64), ("rsv_rfer", u64), ("rsv_excl", u64)]
+
+
+class QgroupInherit(ctypes.Structure):
+    """struct btrfs_qgroup_inherit with room for one qgroup id (the flexible array's first entry)."""
+
+    _fields_ = [
+        ("flags", u64),
+        ("num_qgroups", u64),
+        ("num_ref_copies", u64),
+        ("num_excl_copies", u64),
+        ("lim", QgroupLimit),
+        ("qgroups", u64 * 1),
+    ]
+
+
+class QgroupAssignArgs(ctypes.Structure):
+    _fields_ = [("assign", u64), ("src", u64), ("dst", u64)]
 
 
 class QgroupLimitArgs(ctypes.Structure):
@@ -158,6 +177,7 @@ IOC_SPACE_INFO = _ioc(_READ | _WRITE, 20, SPACE_ARGS.size)
 IOC_DEV_INFO = _ioc(_READ | _WRITE, 30, ctypes.sizeof(DevInfoArgs))
 IOC_FS_INFO = _ioc(_READ, 31, ctypes.sizeof(FsInfoArgs))
 IOC_QUOTA_CTL = _ioc(_READ | _WRITE, 40, ctypes.sizeof(QuotaCtlArgs))
+IOC_QGROUP_ASSIGN = _ioc(_WRITE, 41, ctypes.sizeof(QgroupAssignArgs))
 IOC_QGROUP_CREATE = _ioc(_WRITE, 42, ctypes.sizeof(QgroupCreateArgs))
 IOC_QGROUP_LIMIT = _ioc(_READ, 43, ctypes.sizeof(QgroupLimitArgs))  # declared _IOR by the header
 IOC_QUOTA_RESCAN = _ioc(_WRITE, 44, ctypes.sizeof(QuotaRescanArgs))
@@ -166,8 +186,10 @@ IOC_GET_SUBVOL_INFO = _ioc(_READ, 60, ctypes.sizeof(GetSubvolInfoArgs))
 
 assert ctypes.sizeof(VolArgsV2) == 4096 and ctypes.sizeof(GetSubvolInfoArgs) == 504
 assert ctypes.sizeof(DevInfoArgs) == 4096 and ctypes.sizeof(FsInfoArgs) == 1024
+assert ctypes.sizeof(QgroupInherit) == 80
 
 SUBVOL_RDONLY = 1 << 1  # in vol_args_v2 and SUBVOL_GET/SETFLAGS
+SUBVOL_QGROUP_INHERIT = 1 << 2  # vol_args_v2 carries a qgroup_inherit: the new qgroup's parents
 ROOT_SUBVOL_RDONLY = 1 << 0  # the same, as the root item (GET_SUBVOL_INFO) stores it
 QUOTA_CTL_ENABLE, QUOTA_CTL_DISABLE, QUOTA_CTL_ENABLE_SIMPLE = 1, 2, 4
 QGROUP_LIMIT_MAX_RFER = 1
@@ -183,7 +205,8 @@ SPACE_INFO_GLOBAL_RSV = 1 << 49
 ROOT_TREE, QUOTA_TREE = 1, 8
 FIRST_FREE_OBJECTID, LAST_FREE_OBJECTID = 256, U64_MAX - 255
 ROOT_BACKREF_KEY, ROOT_REF_KEY = 144, 156
-QGROUP_STATUS_KEY, QGROUP_INFO_KEY, QGROUP_LIMIT_KEY = 240, 242, 244
+QGROUP_STATUS_KEY, QGROUP_INFO_KEY, QGROUP_LIMIT_KEY, QGROUP_RELATION_KEY = 240, 242, 244, 246
+QGROUP_LEVEL_SHIFT = 48  # a qgroupid is level << 48 | id; level 0 qgroups belong to one subvolume each
 QGROUP_STATUS_ON, QGROUP_STATUS_RESCAN, QGROUP_STATUS_INCONSISTENT, QGROUP_STATUS_SIMPLE = 1, 2, 4, 8
 
 _ERRNO_CLASSES: dict[int, type[BtrfsCoreError]] = {

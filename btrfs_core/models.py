@@ -83,6 +83,9 @@ class Volume:
     capacity: int  # the qgroup limit on referenced bytes
     source: Source | None
     subvolume_id: int
+    # The qgroup that carries the limit and whose usage is the volume's: a level-1 qgroup holding the
+    # subvolume's own and every nested one's (the level-0 one on a pool not migrated yet).
+    qgroup: int
     created: float
     metadata: dict[str, str] = field(default_factory=dict)  # PVC name/namespace, PV name
 
@@ -101,3 +104,21 @@ class Snapshot:
 class VolumeHealth:
     abnormal: bool
     message: str
+
+
+@dataclass(frozen=True)
+class QuotaRepairs:
+    """What one pass over the volumes' quotas found wrong and put right."""
+
+    migrated: int = 0  # volumes of the old shape (limit on 0/N) given their level-1 qgroup
+    qgroups_restored: int = 0  # level-1 qgroups recreated (gone after quotas were turned off)
+    limits_restored: int = 0  # limits that differed from the capacity in the volume's metadata
+    orphans_removed: int = 0  # level-1 qgroups of this driver that no volume names any more
+
+
+@dataclass(frozen=True)
+class NestedScan:
+    """One scan of the subvolumes at or below volumes: how many were in the wrong qgroup, and fixed."""
+
+    out_of_place: int
+    repaired: int

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from btrfs_core import mounts
+from btrfs_core import mounts, quota
 from btrfs_core.backend import Backend, KernelBackend
 from btrfs_core.capacity import Ledger, Promise, available_bytes
 from btrfs_core.errors import (
@@ -40,8 +40,10 @@ from btrfs_core.errors import (
 from btrfs_core.ioctl import error_from_os
 from btrfs_core.models import (
     FsUsage,
+    NestedScan,
     QgroupUsage,
     QuotaMode,
+    QuotaRepairs,
     QuotaStatus,
     Snapshot,
     Source,
@@ -61,6 +63,9 @@ _PLAIN_NAME_CHARS = 100  # longer names are hashed, leaving room for staging suf
 _HASHED_ID = re.compile(r"h-[0-9a-f]{40}")
 # Below this many free bytes under its limit a volume counts as full: writes are about to get EDQUOT.
 FULL_MARGIN_BYTES = 128 << 10
+# Each volume's level-1 qgroup is 1/(this bit | 47 random bits): a pod cannot guess a neighbour's to
+# pass it to SUBVOL_CREATE_V2, and the bit tells the driver's qgroups from an operator's own.
+_GROUP_MARK = 1 << 47
 
 # A refusal names this many nested subvolumes, each cut to this many characters.
 _NESTED_SHOWN, _SHOWN_CHARS = 5, 80
@@ -136,6 +141,7 @@ class Pool:
         self._ledger: Ledger | None = None  # read on first use (see _capacities)
         self._exclusive_fd: int | None = None
         self._trash: set[Path] = set()  # renamed into staging by a delete that is still deleting it
+        self._volume_groups: dict[int, int] | None = None  # read on first use (see _group_of_subvolume)
 
     @classmethod
     def open(
@@ -196,23 +202,44 @@ class Pool:
             self._exclusive_fd = None
 
     def _ensure_quota(self, wanted: str) -> None:
+        """Turns quotas on when they are off: in the configured mode, or with "auto" in the mode the
+        pool had (recorded on its root whenever the driver sees quotas on), else simple quotas when
+        the kernel has them. The limits come back with repair_quotas."""
         mode = self._fs.quota_status().mode
         if mode is QuotaMode.OFF:
-            if wanted == "auto":
+            recorded = self._recorded_quota_mode()
+            if wanted != "auto":
+                self._fs.enable_quota(QuotaMode(wanted))
+            elif recorded is not None:
+                log.warning("quotas were off on pool %s: enabling its mode, %s", self.root, recorded.value)
+                self._fs.enable_quota(recorded)
+            else:
                 try:
                     self._fs.enable_quota(QuotaMode.SIMPLE)
                 except KernelError as exc:
                     if exc.errno != errno.EINVAL:  # EINVAL: this kernel has no simple quotas
                         raise
                     self._fs.enable_quota(QuotaMode.FULL)
-            else:
-                self._fs.enable_quota(QuotaMode(wanted))
+            mode = self._fs.quota_status().mode
             self._commit.commit()
         elif wanted != "auto" and mode is not QuotaMode(wanted):
             raise InvalidArgument(
                 f"pool {self.root} already uses {mode.value} quotas, not {wanted}; "
                 "switching needs quotas disabled first"
             )
+        if mode is not QuotaMode.OFF and self._recorded_quota_mode() is not mode:
+            self._write_metadata(self.root, {"quota_mode": mode.value}, self._quota_mode_xattr)
+
+    @property
+    def _quota_mode_xattr(self) -> str:
+        return self._fs.metadata_xattr + ".quota-mode"
+
+    def _recorded_quota_mode(self) -> QuotaMode | None:
+        try:
+            mode = QuotaMode(self._read_metadata(self.root, self._quota_mode_xattr).get("quota_mode"))
+        except (NotFound, ValueError):
+            return None
+        return None if mode is QuotaMode.OFF else mode
 
     # IDs
 
@@ -272,6 +299,7 @@ class Pool:
             capacity=meta["capacity"],
             source=Source(SourceKind(source["kind"]), source["id"]) if source else None,
             subvolume_id=info.id,
+            qgroup=_group_of(meta) or info.id,
             created=info.otime,
             metadata=dict(meta.get("metadata", {})),
         )
@@ -322,7 +350,8 @@ class Pool:
             try:
                 meta = json.loads(os.getxattr(path, self._fs.metadata_xattr))
                 if isinstance(meta, dict) and meta.get("kind") == "volume":
-                    found[entry] = Promise(int(meta["capacity"]), self._fs.subvolume_info(Path(path)).id)
+                    qgroup = _group_of(meta) or self._fs.subvolume_info(Path(path)).id
+                    found[entry] = Promise(int(meta["capacity"]), qgroup)
             except (OSError, ValueError, NotFound):
                 continue  # vanished meanwhile, or not ours
         return found
@@ -393,33 +422,66 @@ class Pool:
         self._check_writable(limits=True)
         self._reserve(volume_id, capacity)
         staged = self._staging_path(volume_id)
+        group = None
         try:
+            # The level-1 qgroup first, the subvolume born inside it: a crash in between leaves an
+            # empty qgroup that no volume names, which repair_quotas removes.
+            group = self._new_group()
             if origin is None:
-                self._fs.create_subvolume(staged)
+                self._fs.create_subvolume(staged, group)
             else:
-                self._fs.snapshot(origin, staged, readonly=False)
+                self._fs.snapshot(origin, staged, readonly=False, qgroup=group)
                 if source and source.kind is SourceKind.VOLUME:  # one a pod nested meanwhile
                     self._refuse_nested(origin, f"volume {source.id}")
             fields = {
                 "kind": "volume",
                 "name": name,
                 "capacity": capacity,
+                "qgroup": group,
                 "source": {"kind": source.kind.value, "id": source.id} if source else None,
                 "metadata": metadata,
             }
             self._write_metadata(staged, fields)
             _remove_xattr(staged, self._snapshot_xattr)  # copied from a snapshot source
-            # Always the volume's own limit: a clone would otherwise inherit its source's (full
-            # qgroups) or get none (simple quotas).
-            subvolume_id = self._fs.subvolume_info(staged).id
-            self._capacities.put(volume_id, capacity, subvolume_id)
-            self._fs.set_limit(subvolume_id, capacity)
+            # The limit on the level-1 qgroup only: a read-only snapshot of the volume inherits
+            # nothing from its 0/N.
+            self._capacities.put(volume_id, capacity, group)
+            self._fs.set_limit(group, capacity)
             self._fs.rename(staged, self.volumes_dir / volume_id)
         except BaseException:
             self._capacities.pop(volume_id)
             self._discard(staged)
+            if group is not None:
+                self._drop_group(group)
             raise
-        return self._volume_at(self.volumes_dir / volume_id)
+        volume = self._volume_at(self.volumes_dir / volume_id)
+        self._group_of_subvolume()[volume.subvolume_id] = group
+        if origin is not None:
+            # Full qgroups: a snapshot joining a new qgroup leaves its counters inconsistent.
+            self._rescan_if_inconsistent()
+        return volume
+
+    def _new_group(self) -> int:
+        group = quota.LEVEL1 | _GROUP_MARK | secrets.randbits(47)
+        self._fs.create_qgroup(group)
+        return group
+
+    def _drop_group(self, group: int) -> bool:
+        """Destroys a volume's level-1 qgroup; False when it cannot go yet (a member the cleaner has
+        not dropped: EBUSY): repair_quotas retries it as an orphan."""
+        try:
+            self._fs.destroy_qgroup(group)
+        except NotFound:
+            return True
+        except BtrfsCoreError as exc:
+            log.debug("qgroup %s not removed yet: %s", quota.show(group), exc)
+            return False
+        return True
+
+    def _rescan_if_inconsistent(self) -> None:
+        status = self._fs.quota_status()
+        if status.mode is QuotaMode.FULL and status.inconsistent and not status.rescan_running:
+            self._fs.rescan_quota()
 
     def _source_path(self, source: Source | None, capacity: int) -> Path | None:
         if source is None:
@@ -458,16 +520,17 @@ class Pool:
                 f"the pool has {available} available"
             )
         promise = self._capacities.get(volume_id)
-        self._capacities.put(volume_id, size, promise.subvolume_id if promise else None)
+        self._capacities.put(volume_id, size, promise.qgroup if promise else None)
 
     def _written_by_volume(self) -> dict[str, int]:
-        """What each volume has written, by volume id: its qgroup's exclusive bytes, every qgroup read
-        in one TREE_SEARCH. The one place the capacity model reads volumes' usage."""
+        """What each volume has written, by volume id: the exclusive bytes of the qgroup that carries
+        its limit (volume_usage's, nested subvolumes included), every qgroup read in one TREE_SEARCH.
+        The one place the capacity model reads volumes' usage."""
         exclusive = self._fs.exclusive_all()
         return {
-            volume_id: exclusive[subvolume_id]
-            for volume_id, subvolume_id in self._capacities.subvolumes().items()
-            if subvolume_id in exclusive
+            volume_id: exclusive[qgroup]
+            for volume_id, qgroup in self._capacities.qgroups().items()
+            if qgroup in exclusive
         }
 
     def _available(self, written: Mapping[str, int], exclude: str | None = None) -> int:
@@ -506,6 +569,7 @@ class Pool:
         it under the workload using it.
         """
         path = self.volume_location(volume_id)
+        group = None
         with self._lock:
             trash = None
             if self._fs.is_subvolume(path):
@@ -513,13 +577,18 @@ class Pool:
                 if published:
                     raise InUse(f"volume {volume_id} is still published at {published[0]}")
                 self._check_writable()
-                if self._fs.subvolume_info(path).readonly:
+                with contextlib.suppress(NotFound):
+                    group = _group_of(self._read_metadata(path))
+                info = self._fs.subvolume_info(path)
+                if info.readonly:
                     # Made read-only from inside (its owner may): it could not leave volumes/ (EROFS).
                     self._fs.set_readonly(path, False)
                 # Out of sight first: a crash mid-delete leaves staging debris, never half a volume.
                 trash = self._staging_path(volume_id)
                 self._fs.rename(path, trash)
                 self._trash.add(trash)
+                if self._volume_groups is not None:
+                    self._volume_groups.pop(info.id, None)
             self._capacities.pop(volume_id)
         if trash is not None:
             try:
@@ -527,6 +596,8 @@ class Pool:
             finally:
                 with self._lock:
                     self._trash.discard(trash)
+        if group is not None:
+            self._drop_group(group)
         self._commit.commit()
 
     def expand_volume(self, volume_id: str, capacity: int, limit: int | None = None) -> Volume:
@@ -545,14 +616,14 @@ class Pool:
                 self._check_writable(limits=True)
                 self._reserve(volume_id, capacity)
                 try:
-                    self._fs.set_limit(volume.subvolume_id, capacity)
+                    self._fs.set_limit(volume.qgroup, capacity)
                     meta = self._read_metadata(path)
                     meta["capacity"] = capacity
                     self._write_metadata(path, meta)
                 except BaseException:
-                    self._capacities.put(volume_id, volume.capacity, volume.subvolume_id)
+                    self._capacities.put(volume_id, volume.capacity, volume.qgroup)
                     with contextlib.suppress(BtrfsCoreError):  # back to the limit it has promised
-                        self._fs.set_limit(volume.subvolume_id, volume.capacity)
+                        self._fs.set_limit(volume.qgroup, volume.capacity)
                     raise
                 volume = self._volume_at(path)
         self._commit.commit()
@@ -585,6 +656,9 @@ class Pool:
                 source = self.get_volume(source_volume_id)
                 self._check_writable()
                 existing = self._build_snapshot(snapshot_id, name, source)
+                # Full qgroups: a snapshot of a subvolume that is a member of a level-1 qgroup marks
+                # accounting inconsistent, and the kernel then enforces no limit until a rescan ends.
+                self._rescan_if_inconsistent()
         self._commit.commit()
         return existing
 
@@ -642,7 +716,29 @@ class Pool:
     # usage and health
 
     def volume_usage(self, volume_id: str) -> QgroupUsage:
-        return self._fs.usage(self._fs.subvolume_info(self.volume_path(volume_id)).id)
+        """A volume's usage and limit: those of the qgroup that carries its limit, which holds
+        everything nested in it too. The one way to read a volume's usage (see volumes_usage)."""
+        return self._fs.usage(self._qgroup_at(self.volume_path(volume_id)))
+
+    def volumes_usage(self, volumes: Iterable[Volume]) -> dict[str, QgroupUsage]:
+        """volume_usage of many volumes in one pass over the quota tree, by volume id (a volume whose
+        qgroup is missing, quotas off or gone, is left out)."""
+        return self._usage_of({volume.id: volume.qgroup for volume in volumes})
+
+    def _usage_of(self, groups: Mapping[str, int]) -> dict[str, QgroupUsage]:
+        """The usage of each volume id's qgroup, read in one search (two while some volume has not
+        been migrated from its level-0 qgroup yet)."""
+        found = self._fs.group_usage_all()
+        if any(group < quota.LEVEL1 for group in groups.values()):
+            found.update(self._fs.usage_all())
+        return {volume_id: found[group] for volume_id, group in groups.items() if group in found}
+
+    def _qgroup_at(self, path: Path) -> int:
+        try:
+            group = _group_of(self._read_metadata(path))
+        except NotFound:
+            group = None
+        return group or self._fs.subvolume_info(path).id
 
     def usage_all(self) -> dict[int, QgroupUsage]:
         """Every subvolume's usage and limit in one pass, by subvolume id."""
@@ -659,12 +755,12 @@ class Pool:
         path = self.volume_location(volume_id)
         if not self._fs.is_subvolume(path):
             return VolumeHealth(True, f"subvolume volumes/{volume_id} is missing")
-        return self._health(volume_id, self._fs.subvolume_info(path).id, self._pool_health())
+        return self._health(volume_id, self._qgroup_at(path), self._pool_health())
 
     def volumes_health(self, volumes: Sequence[Volume]) -> list[VolumeHealth]:
         """volume_health of many volumes (a page of ListVolumes), the pool itself looked at once."""
         pool = self._pool_health()
-        return [self._health(volume.id, volume.subvolume_id, pool) for volume in volumes]
+        return [self._health(volume.id, volume.qgroup, pool) for volume in volumes]
 
     def _pool_health(self) -> VolumeHealth | None:
         """What is wrong with the whole pool, if anything: every volume suffers from it."""
@@ -683,11 +779,11 @@ class Pool:
             )
         return None
 
-    def _health(self, volume_id: str, subvolume_id: int, pool: VolumeHealth | None) -> VolumeHealth:
+    def _health(self, volume_id: str, qgroup: int, pool: VolumeHealth | None) -> VolumeHealth:
         if pool is not None:
             return pool
         try:
-            usage = self._fs.usage(subvolume_id)
+            usage = self._fs.usage(qgroup)
         except NotFound:
             return VolumeHealth(True, f"volume {volume_id} has no qgroup: its capacity is not enforced")
         return _usage_health(volume_id, usage)
@@ -750,6 +846,175 @@ class Pool:
     def sync(self) -> None:
         self._commit.commit()
 
+    # quotas that come back: each volume's level-1 qgroup, its limit, and what is nested in it
+
+    def _group_of_subvolume(self) -> dict[int, int]:
+        """Each volume's subvolume id -> its level-1 qgroup, read on first use and kept up to date by
+        create, delete and repair_quotas (needs the lock): the nested-subvolume scan runs every few
+        seconds and must not read every volume's metadata each time."""
+        if self._volume_groups is None:
+            self._volume_groups = {
+                volume.subvolume_id: volume.qgroup
+                for volume in self.list_volumes()
+                if volume.qgroup >= quota.LEVEL1
+            }
+        return self._volume_groups
+
+    def repair_quotas(self) -> QuotaRepairs:
+        """Makes every volume's quota what its metadata says, the capacity there being the truth.
+
+        Per volume: its level-1 qgroup exists (recreated after quotas were turned off and on again),
+        carries exactly the capacity as limit (re-applied after `btrfs qgroup limit none`), and its
+        subvolume's own qgroup carries none. A volume made before level-1 qgroups is migrated: a new
+        qgroup is created, named in the metadata, its subvolume assigned, the limit moved; each step
+        is idempotent, so a crash midway is finished by the next pass. Level-1 qgroups of this driver
+        that no volume names (a crash between creating one and its volume, or a delete the kernel
+        refused with EBUSY) are removed once they have no live member. Nothing happens with quotas off.
+        """
+        if self._fs.quota_status().mode is QuotaMode.OFF:
+            return QuotaRepairs()
+        counts = {"migrated": 0, "qgroups_restored": 0, "limits_restored": 0, "orphans_removed": 0}
+        with self._lock:
+            groups = self._fs.group_usage_all()
+            level0 = self._fs.usage_all()
+            named: dict[int, int] = {}
+            for volume in self.list_volumes():
+                try:
+                    self._repair_volume(volume, groups, level0, named, counts)
+                except BtrfsCoreError as exc:
+                    log.warning("quota of volume %s not repaired: %s", volume.id, exc)
+            self._volume_groups = named
+            counts["orphans_removed"] = self._remove_orphan_groups(set(groups) - set(named.values()))
+        repairs = QuotaRepairs(**counts)
+        if repairs != QuotaRepairs():
+            self._rescan_if_inconsistent()
+            self._commit.commit()
+        return repairs
+
+    def _repair_volume(
+        self,
+        volume: Volume,
+        groups: Mapping[int, QgroupUsage],
+        level0: Mapping[int, QgroupUsage],
+        named: dict[int, int],
+        counts: dict[str, int],
+    ) -> None:
+        group = volume.qgroup
+        if group < quota.LEVEL1:
+            group = self._new_group()
+            path = self.volumes_dir / volume.id
+            meta = self._read_metadata(path)
+            meta["qgroup"] = group
+            self._write_metadata(path, meta)  # from here on the qgroup is the volume's, not an orphan
+            self._fs.assign_qgroup(volume.subvolume_id, group, True)
+            if self._ledger is not None:
+                self._ledger.put(volume.id, volume.capacity, group)
+            log.info("volume %s migrated to its own qgroup %s", volume.id, quota.show(group))
+            counts["migrated"] += 1
+        elif group not in groups:
+            self._fs.create_qgroup(group)
+            log.warning("volume %s: its qgroup %s was gone, recreated", volume.id, quota.show(group))
+            counts["qgroups_restored"] += 1
+        named[volume.subvolume_id] = group
+        current = groups.get(group)
+        if volume.qgroup < quota.LEVEL1:
+            self._fs.set_limit(group, volume.capacity)  # moved, not restored
+        elif current is None or current.limit != volume.capacity:
+            self._fs.set_limit(group, volume.capacity)
+            log.warning(
+                "volume %s: limit %s restored to its capacity %d",
+                volume.id,
+                "none" if current is None or current.limit is None else current.limit,
+                volume.capacity,
+            )
+            counts["limits_restored"] += 1
+        own = level0.get(volume.subvolume_id)
+        if own is not None and own.limit is not None:
+            self._fs.set_limit(volume.subvolume_id, None)  # the old shape's limit, or one set by hand
+
+    def _remove_orphan_groups(self, candidates: Iterable[int]) -> int:
+        """Removes the driver's level-1 qgroups among candidates that have no live member."""
+        orphans = [g for g in candidates if g >> quota.LEVEL_SHIFT == 1 and g & _GROUP_MARK]
+        if not orphans:
+            return 0
+        live = self._fs.subvolume_parents()
+        members: dict[int, list[int]] = {}
+        for member, parents in self._fs.qgroup_relations().items():
+            for parent in parents:
+                members.setdefault(parent, []).append(member)
+        removed = 0
+        for group in orphans:
+            if any(member in live for member in members.get(group, ())):
+                continue  # a pod's nested subvolume joined it: reparent_nested moves it first
+            try:
+                for member in members.get(group, ()):
+                    self._fs.assign_qgroup(member, group, False)  # a stale qgroup of a gone subvolume
+            except BtrfsCoreError as exc:
+                log.info("orphan qgroup %s: %s", quota.show(group), exc)
+                continue
+            if self._drop_group(group):
+                log.info("removed orphan qgroup %s", quota.show(group))
+                removed += 1
+        return removed
+
+    def reparent_nested(self) -> NestedScan:
+        """Puts every subvolume at or below a volume into exactly that volume's level-1 qgroup.
+
+        A pod may create subvolumes in its volume (no capability needed), joining no qgroup (full
+        qgroups; or an empty qgroup_inherit list) or a neighbour's (its qgroup_inherit): each such
+        one is taken out of the wrong qgroups and assigned to its volume's. Found from the kernel's
+        subvolume tree (root back refs) and the quota tree's relation items, two searches, no path
+        walking. Under full qgroups an assignment leaves accounting inconsistent: a rescan starts.
+        """
+        if self._fs.quota_status().mode is QuotaMode.OFF:
+            return NestedScan(0, 0)
+        with self._lock:
+            volume_groups = dict(self._group_of_subvolume())
+        relations = self._fs.qgroup_relations()
+        holders = self._fs.subvolume_parents()
+        wanted: dict[int, int | None] = dict(volume_groups)
+
+        def group_for(subvolume_id: int) -> int | None:
+            """The group of the volume at or above a subvolume, walking up its holders once."""
+            chain = []
+            node: int | None = subvolume_id
+            while node is not None and node not in wanted:
+                chain.append(node)
+                node = holders.get(node)  # None past the top level
+            found = wanted[node] if node is not None else None
+            for link in chain:
+                wanted[link] = found
+            return found
+
+        out_of_place = repaired = 0
+        for subvolume_id in holders:
+            group = group_for(subvolume_id)
+            if group is None:
+                continue
+            parents = {p for p in relations.get(subvolume_id, ()) if p >> quota.LEVEL_SHIFT == 1}
+            if parents == {group}:
+                continue
+            out_of_place += 1
+            try:
+                for wrong in parents - {group}:
+                    self._fs.assign_qgroup(subvolume_id, wrong, False)
+                if group not in parents:
+                    self._fs.assign_qgroup(subvolume_id, group, True)
+            except BtrfsCoreError as exc:
+                log.warning("subvolume %d not moved into qgroup %s: %s", subvolume_id, quota.show(group), exc)
+                continue
+            log.warning(
+                "subvolume %d was in qgroups %s, not its volume's %s: moved",
+                subvolume_id,
+                ", ".join(quota.show(p) for p in sorted(parents)) or "none",
+                quota.show(group),
+            )
+            repaired += 1
+        # Also after a snapshot or clone whose rescan was cancelled by the next change: every few
+        # seconds, so full qgroups never stay unenforced for long.
+        self._rescan_if_inconsistent()
+        return NestedScan(out_of_place, repaired)
+
 
 def _check_capacity(capacity: int) -> None:
     if not MIN_VOLUME_BYTES <= capacity <= MAX_VOLUME_BYTES:
@@ -773,6 +1038,12 @@ def _shortened(relative: str) -> str:
         return relative
     half = _SHOWN_CHARS // 2
     return f"{relative[:half]}...{relative[-half:]}"
+
+
+def _group_of(meta: Mapping[str, Any]) -> int | None:
+    """The level-1 qgroup a volume's metadata names; None for a volume made before there were any."""
+    group = meta.get("qgroup")
+    return group if isinstance(group, int) and group >= quota.LEVEL1 else None
 
 
 def _remove_xattr(path: Path, xattr: str) -> None:

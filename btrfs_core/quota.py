@@ -12,7 +12,8 @@ _STATUS = struct.Struct("<QQQQ")  # version, generation, flags, rescan progress
 _INFO = struct.Struct("<QQQQQ")  # generation, rfer, rfer_cmpr, excl, excl_cmpr
 _EXCLUSIVE = struct.Struct("<24xQ")  # excl, behind generation, rfer and rfer_cmpr
 _LIMIT = struct.Struct("<QQQQQ")  # flags, max_rfer, max_excl, rsv_rfer, rsv_excl
-_LEVEL_SHIFT = 48  # a qgroupid is level << 48 | id; level 0 qgroups belong to one subvolume each
+LEVEL_SHIFT = ioctl.QGROUP_LEVEL_SHIFT
+LEVEL1 = 1 << LEVEL_SHIFT  # the first level-1 qgroupid (1/0)
 
 
 def status(path: Path) -> QuotaStatus:
@@ -67,20 +68,72 @@ def wait_rescan(path: Path) -> None:
         ioctl.call(fd, ioctl.IOC_QUOTA_RESCAN_WAIT, 0, "quota rescan wait", str(path))
 
 
-def set_limit(path: Path, subvolume_id: int, limit: int | None) -> None:
-    """Limits the referenced bytes of a subvolume's qgroup; None removes the limit."""
+def set_limit(path: Path, qgroupid: int, limit: int | None) -> None:
+    """Limits the referenced bytes of a qgroup (a subvolume id is its level-0 qgroup); None removes it."""
     if limit is not None and not 0 < limit < ioctl.U64_MAX:
-        raise InvalidArgument(f"qgroup limit {limit} for subvolume {subvolume_id} is out of range")
+        raise InvalidArgument(f"qgroup limit {limit} for qgroup {show(qgroupid)} is out of range")
     value = ioctl.U64_MAX if limit is None else limit  # the all-ones value clears the limit
     args = ioctl.QgroupLimitArgs(
-        qgroupid=subvolume_id, lim=ioctl.QgroupLimit(flags=ioctl.QGROUP_LIMIT_MAX_RFER, max_rfer=value)
+        qgroupid=qgroupid, lim=ioctl.QgroupLimit(flags=ioctl.QGROUP_LIMIT_MAX_RFER, max_rfer=value)
     )
     with opened(path) as fd:
-        ioctl.call(fd, ioctl.IOC_QGROUP_LIMIT, args, "qgroup limit", f"subvolume {subvolume_id}")
+        ioctl.call(fd, ioctl.IOC_QGROUP_LIMIT, args, "qgroup limit", f"qgroup {show(qgroupid)}")
+
+
+def show(qgroupid: int) -> str:
+    """A qgroupid as btrfs writes it: level/id."""
+    return f"{qgroupid >> LEVEL_SHIFT}/{qgroupid & (LEVEL1 - 1)}"
+
+
+def create_qgroup(path: Path, qgroupid: int) -> None:
+    with opened(path) as fd:
+        args = ioctl.QgroupCreateArgs(create=1, qgroupid=qgroupid)
+        ioctl.call(fd, ioctl.IOC_QGROUP_CREATE, args, "qgroup create", f"qgroup {show(qgroupid)}")
+
+
+def destroy_qgroup(path: Path, qgroupid: int) -> None:
+    """Destroys a qgroup; one that still has members answers InUse (EBUSY)."""
+    with opened(path) as fd:
+        args = ioctl.QgroupCreateArgs(create=0, qgroupid=qgroupid)
+        ioctl.call(fd, ioctl.IOC_QGROUP_CREATE, args, "qgroup destroy", f"qgroup {show(qgroupid)}")
+
+
+def assign(path: Path, member: int, parent: int, assign: bool = True) -> None:
+    """Makes qgroup `member` a member of `parent` (assign=False: no longer one). Under full qgroups
+    this can mark accounting inconsistent (then limits need a rescan to be exact again)."""
+    operation = "qgroup assign" if assign else "qgroup remove"
+    with opened(path) as fd:
+        args = ioctl.QgroupAssignArgs(assign=int(assign), src=member, dst=parent)
+        ioctl.call(fd, ioctl.IOC_QGROUP_ASSIGN, args, operation, f"{show(member)} in {show(parent)}")
+
+
+def relations(path: Path) -> dict[int, set[int]]:
+    """Every qgroup that is a member of others -> those others, from the quota tree's relation items.
+
+    Each relation is stored twice, (member, RELATION, parent) and (parent, RELATION, member); the
+    search starts at objectid 256, past the status, info and limit items (objectid 0), and a member
+    is always of a lower level than its parent.
+    """
+    found: dict[int, set[int]] = {}
+    try:
+        with opened(path) as fd:
+            items = ioctl.tree_search(
+                fd,
+                ioctl.QUOTA_TREE,
+                (ioctl.FIRST_FREE_OBJECTID, ioctl.QGROUP_RELATION_KEY, 0),
+                (ioctl.U64_MAX, ioctl.QGROUP_RELATION_KEY, ioctl.U64_MAX),
+                str(path),
+            )
+            for member, item_type, parent, _data in items:
+                if item_type == ioctl.QGROUP_RELATION_KEY and member >> LEVEL_SHIFT < parent >> LEVEL_SHIFT:
+                    found.setdefault(member, set()).add(parent)
+    except NotFound:  # quotas off: no quota tree
+        return {}
+    return found
 
 
 def _collect(path: Path, first: int, last: int) -> dict[int, QgroupUsage]:
-    """Usage and limit of level-0 qgroups first..last: one search of the info items, one of the limits."""
+    """Usage and limit of qgroups first..last: one search of the info items, one of the limits."""
     info: dict[int, tuple[int, int]] = {}
     limits: dict[int, int | None] = {}
     with opened(path) as fd:
@@ -102,35 +155,43 @@ def _collect(path: Path, first: int, last: int) -> dict[int, QgroupUsage]:
 
 
 def usage(path: Path, subvolume_id: int) -> QgroupUsage:
-    """Referenced and exclusive bytes and the limit of one subvolume."""
+    """Referenced and exclusive bytes and the limit of one qgroup (a subvolume id: its level-0 one)."""
     try:
         found = _collect(path, subvolume_id, subvolume_id)
     except NotFound:
         found = {}
     if subvolume_id not in found:
-        raise NotFound(f"qgroup 0/{subvolume_id}: no qgroup (quotas off, or the subvolume is gone)")
+        raise NotFound(f"qgroup {show(subvolume_id)}: no qgroup (quotas off, or the subvolume is gone)")
     return found[subvolume_id]
 
 
 def usage_all(path: Path) -> dict[int, QgroupUsage]:
     """Every level-0 qgroup's usage and limit in one pass over the quota tree, by subvolume id."""
     try:
-        return _collect(path, 0, (1 << _LEVEL_SHIFT) - 1)
+        return _collect(path, 0, (1 << LEVEL_SHIFT) - 1)
+    except NotFound:
+        return {}
+
+
+def group_usage_all(path: Path) -> dict[int, QgroupUsage]:
+    """Every qgroup of level 1 and above: usage and limit, by qgroupid."""
+    try:
+        return _collect(path, LEVEL1, ioctl.U64_MAX)
     except NotFound:
         return {}
 
 
 def exclusive_all(path: Path) -> dict[int, int]:
-    """Every level-0 qgroup's exclusive bytes, by subvolume id: one search of the info items alone,
-    no objects per qgroup (what the capacity check reads on every create: 20,000 qgroups at 10,000
-    volumes with a snapshot each)."""
+    """Every qgroup's exclusive bytes, by qgroupid (a subvolume id at level 0): one search of the info
+    items alone, no objects per qgroup (what the capacity check reads on every create: 30,000 qgroups
+    at 10,000 volumes with a snapshot each)."""
     try:
         with opened(path) as fd:
             items = ioctl.tree_search(
                 fd,
                 ioctl.QUOTA_TREE,
                 (0, ioctl.QGROUP_INFO_KEY, 0),
-                (0, ioctl.QGROUP_INFO_KEY, (1 << _LEVEL_SHIFT) - 1),
+                (0, ioctl.QGROUP_INFO_KEY, ioctl.U64_MAX),
                 str(path),
             )
             return {qgroupid: _EXCLUSIVE.unpack_from(data)[0] for _objectid, _type, qgroupid, data in items}

@@ -41,19 +41,38 @@ def _leaf_name(path: Path) -> bytes:
     return name
 
 
-def create(path: Path) -> None:
-    """A new empty subvolume at path (its parent directory must exist)."""
+def _in_qgroup(args: ioctl.VolArgsV2, qgroup: int | None) -> ioctl.QgroupInherit | None:
+    """Makes the new subvolume's qgroup a member of `qgroup` in the same transaction that creates it;
+    returns the structure args points to, which must stay alive until the ioctl returns."""
+    if qgroup is None:
+        return None
+    inherit = ioctl.QgroupInherit(num_qgroups=1)
+    inherit.qgroups[0] = qgroup
+    args.flags |= ioctl.SUBVOL_QGROUP_INHERIT
+    args.size = ctypes.sizeof(inherit)
+    args.qgroup_inherit = ctypes.addressof(inherit)
+    return inherit
+
+
+def create(path: Path, qgroup: int | None = None) -> None:
+    """A new empty subvolume at path (its parent directory must exist), its qgroup a member of
+    `qgroup` from the start when given."""
     args = ioctl.VolArgsV2(name=_leaf_name(path))
+    inherit = _in_qgroup(args, qgroup)
     with opened(path.parent) as parent:
         ioctl.call(parent, ioctl.IOC_SUBVOL_CREATE_V2, args, "subvolume create", str(path))
+    del inherit
 
 
-def snapshot(source: Path, path: Path, readonly: bool) -> None:
-    """A snapshot of the subvolume at source, at path; writable unless readonly. Commits by itself."""
+def snapshot(source: Path, path: Path, readonly: bool, qgroup: int | None = None) -> None:
+    """A snapshot of the subvolume at source, at path; writable unless readonly, its qgroup a member
+    of `qgroup` from the start when given. Commits by itself."""
     name = _leaf_name(path)
     with opened(source) as src, opened(path.parent) as parent:
         args = ioctl.VolArgsV2(fd=src, flags=ioctl.SUBVOL_RDONLY if readonly else 0, name=name)
+        inherit = _in_qgroup(args, qgroup)
         ioctl.call(parent, ioctl.IOC_SNAP_CREATE_V2, args, "snapshot", f"{source} -> {path}")
+        del inherit
 
 
 def is_subvolume(path: Path) -> bool:

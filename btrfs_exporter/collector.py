@@ -1,7 +1,8 @@
 """A Prometheus collector over a btrfs-csi pool, read at scrape time in one pass.
 
-Every scrape makes one TREE_SEARCH over the quota tree (`Pool.usage_all`) for the usage and limit of
-every subvolume, one statfs and one quota-status search. Subvolume ids are mapped to volume and
+Every scrape makes two searches of the quota tree (`Pool.usage_all` for the snapshots' level-0 qgroups,
+`Pool.volumes_usage` for the volumes' level-1 ones, which carry their limits and hold what is nested in
+them), one statfs and one quota-status search. Subvolume ids are mapped to volume and
 snapshot ids, and volumes to their PVC, through the pool's directories. There is no polling thread:
 a scrape sees what the kernel knows at that moment.
 
@@ -250,6 +251,7 @@ class PoolCollector(Collector):
         # rather than usage without an object.
         usage: dict[int, QgroupUsage] = pool.usage_all()
         volumes, snapshots = self._objects()
+        volume_usage = pool.volumes_usage(volume for volume, _labels in volumes)
 
         f.pool_size.add_metric((), fs.size)
         f.pool_used.add_metric((), fs.used)
@@ -266,7 +268,7 @@ class PoolCollector(Collector):
         excl_labels, excl_values = f.volume_exclusive.labels.append, f.volume_exclusive.values.append
         limit_labels, limit_values = f.volume_limit.labels.append, f.volume_limit.values.append
         for volume, labels in volumes:
-            qgroup = usage.get(volume.subvolume_id)
+            qgroup = volume_usage.get(volume.id)
             if qgroup is None:
                 continue  # quotas off, or deleted since the listing
             ref_labels(labels)

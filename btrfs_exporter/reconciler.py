@@ -13,6 +13,15 @@ Each round, every `interval` seconds (60 by default):
    and btrfs_csi_staging_errors_total counts every failed removal.
 4. Volumes deleted behind the driver's back (a subvolume deleted by hand): their capacity is released
    (`Pool.release_vanished_volumes()`), or it would stay promised until a restart.
+5. Volume quotas (`Pool.repair_quotas()`): the capacity in each volume's metadata is the truth. A
+   level-1 qgroup that is gone (quotas turned off and on again) is recreated, a limit that differs
+   (`btrfs qgroup limit none` by hand) is set again, a volume made before level-1 qgroups is migrated,
+   and level-1 qgroups of the driver that no volume names are removed. The first round runs at
+   start-up, so start-up repairs and migrates.
+
+Between rounds, every `nested_interval` seconds (5 by default), `Pool.reparent_nested()` finds
+subvolumes a pod made inside its volume that are not in exactly the volume's level-1 qgroup and moves
+them there: the gauge btrfs_csi_nested_subvolumes_out_of_place shows how many the last scan found.
 
 Every action is logged and counted in btrfs_csi_reconciler_actions_total{action}; a step that fails
 is logged with its traceback and counted in btrfs_csi_reconciler_errors_total{step}, never raised:
@@ -21,6 +30,7 @@ the next round tries again.
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -32,14 +42,37 @@ from btrfs_core.pool import Pool
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 60.0
+DEFAULT_NESTED_INTERVAL = 5.0
 FIRST_SUBVOLUME_ID = 256  # lower qgroup ids belong to the top level (5) and internal trees
 
 ACTION_RESCAN = "rescan"
 ACTION_REMOVE_STALE_QGROUP = "remove_stale_qgroup"
 ACTION_CLEAR_STAGING = "clear_staging"
 ACTION_RELEASE_VANISHED = "release_vanished_volume"
-ACTIONS = (ACTION_RESCAN, ACTION_REMOVE_STALE_QGROUP, ACTION_CLEAR_STAGING, ACTION_RELEASE_VANISHED)
-STEPS = ("quota_consistency", "stale_qgroups", "staging", "vanished_volumes")
+ACTION_MIGRATE_VOLUME = "migrate_volume"
+ACTION_RESTORE_QGROUP = "restore_qgroup"
+ACTION_RESTORE_LIMIT = "restore_limit"
+ACTION_REMOVE_ORPHAN_QGROUP = "remove_orphan_qgroup"
+ACTION_REPARENT_SUBVOLUME = "reparent_subvolume"
+ACTIONS = (
+    ACTION_RESCAN,
+    ACTION_REMOVE_STALE_QGROUP,
+    ACTION_CLEAR_STAGING,
+    ACTION_RELEASE_VANISHED,
+    ACTION_MIGRATE_VOLUME,
+    ACTION_RESTORE_QGROUP,
+    ACTION_RESTORE_LIMIT,
+    ACTION_REMOVE_ORPHAN_QGROUP,
+    ACTION_REPARENT_SUBVOLUME,
+)
+STEPS = (
+    "quota_consistency",
+    "stale_qgroups",
+    "staging",
+    "vanished_volumes",
+    "volume_quotas",
+    "nested_subvolumes",
+)
 
 
 class ReconcilerMetrics:
@@ -50,7 +83,11 @@ class ReconcilerMetrics:
             "btrfs_csi_reconciler_actions",
             "Repairs the reconciler made: rescan (started a quota rescan of inconsistent qgroups),"
             " remove_stale_qgroup (one qgroup each), clear_staging (one staging entry each),"
-            " release_vanished_volume (the capacity of one volume deleted behind the driver's back).",
+            " release_vanished_volume (the capacity of one volume deleted behind the driver's back),"
+            " migrate_volume (a volume of the old shape given its level-1 qgroup), restore_qgroup"
+            " (a volume's level-1 qgroup recreated), restore_limit (a limit set back to the capacity"
+            " in the volume's metadata), remove_orphan_qgroup (a level-1 qgroup no volume names),"
+            " reparent_subvolume (a subvolume nested in a volume moved into the volume's qgroup).",
             labelnames=("action",),
             registry=registry,
         )
@@ -81,6 +118,13 @@ class ReconcilerMetrics:
             "Failed removals of crash debris, one per entry and round (the reasons are logged).",
             registry=registry,
         )
+        self.nested_out_of_place = Gauge(
+            "btrfs_csi_nested_subvolumes_out_of_place",
+            "Subvolumes inside volumes found outside their volume's qgroup at the last nested scan"
+            " (each then moved in): made by a pod since the scan before, or with its own"
+            " qgroup_inherit. Until moved, under full qgroups, their data escapes the volume's limit.",
+            registry=registry,
+        )
         self.rounds = Counter(
             "btrfs_csi_reconciler_rounds", "Reconcile rounds run (all steps tried).", registry=registry
         )
@@ -105,12 +149,14 @@ class Reconciler:
         metrics: ReconcilerMetrics,
         interval: float = DEFAULT_INTERVAL,
         find_stale: Callable[[Pool], list[int]] = stale_qgroups,
+        nested_interval: float = DEFAULT_NESTED_INTERVAL,
     ) -> None:
-        if not interval > 0:
-            raise ValueError(f"reconcile interval {interval} is not positive")
+        if not interval > 0 or not nested_interval > 0:
+            raise ValueError(f"reconcile intervals {interval}, {nested_interval} are not both positive")
         self._pool = pool
         self._metrics = metrics
         self._interval = interval
+        self._nested_interval = nested_interval
         self._find_stale = find_stale
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,12 +177,32 @@ class Reconciler:
         return not self._thread.is_alive()
 
     def _loop(self) -> None:
-        log.info("reconciler started for pool %s, every %.0f s", self._pool.root, self._interval)
+        log.info(
+            "reconciler started for pool %s, every %.0f s (nested subvolumes every %.0f s)",
+            self._pool.root,
+            self._interval,
+            self._nested_interval,
+        )
+        next_round = time.monotonic()
         while not self._stop.is_set():
-            self.run_once()
-            if self._stop.wait(self._interval):
+            if time.monotonic() >= next_round:
+                self.run_once()
+                next_round = time.monotonic() + self._interval
+            self.scan_nested()
+            if self._stop.wait(max(0.0, min(self._nested_interval, next_round - time.monotonic()))):
                 break
         log.info("reconciler stopped for pool %s", self._pool.root)
+
+    def scan_nested(self) -> None:
+        """Moves subvolumes nested in volumes into their volume's qgroup; failures logged and counted."""
+        try:
+            scan = self._pool.reparent_nested()
+        except Exception:
+            self._metrics.errors.labels("nested_subvolumes").inc()
+            log.exception("reconciler step nested_subvolumes failed on pool %s", self._pool.root)
+            return
+        self._metrics.nested_out_of_place.set(scan.out_of_place)
+        self._metrics.actions.labels(ACTION_REPARENT_SUBVOLUME).inc(scan.repaired)
 
     def run_once(self) -> None:
         """One round of every step; failures are logged and counted, not raised."""
@@ -145,6 +211,7 @@ class Reconciler:
             ("stale_qgroups", self._remove_stale_qgroups),
             ("staging", self._clear_staging),
             ("vanished_volumes", self._release_vanished_volumes),
+            ("volume_quotas", self._repair_quotas),
         ):
             if self._stop.is_set():
                 return
@@ -200,3 +267,13 @@ class Reconciler:
     def _release_vanished_volumes(self) -> None:
         released = self._pool.release_vanished_volumes()
         self._metrics.actions.labels(ACTION_RELEASE_VANISHED).inc(len(released))
+
+    def _repair_quotas(self) -> None:
+        repairs = self._pool.repair_quotas()
+        for action, count in (
+            (ACTION_MIGRATE_VOLUME, repairs.migrated),
+            (ACTION_RESTORE_QGROUP, repairs.qgroups_restored),
+            (ACTION_RESTORE_LIMIT, repairs.limits_restored),
+            (ACTION_REMOVE_ORPHAN_QGROUP, repairs.orphans_removed),
+        ):
+            self._metrics.actions.labels(action).inc(count)

@@ -1,8 +1,10 @@
 """One behaviour suite for the pool, run on the in-memory fake and on the real kernel, so the fake
 cannot drift from btrfs."""
 
+import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from btrfs_core.errors import (
     QuotaDisabled,
 )
 from btrfs_core.fake import FakeBackend
-from btrfs_core.models import QuotaMode, Source, SourceKind
+from btrfs_core.models import NestedScan, QuotaMode, QuotaRepairs, Source, SourceKind
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
@@ -272,7 +274,7 @@ def test_health(pool: Pool, backend: Backends) -> None:
     pool.create_volume("v", 4 * MiB)
     assert not pool.volume_health("v").abnormal
     assert pool.volume_stats("v") == (pool.volume_usage("v"), pool.volume_health("v"))
-    backend.set_limit(pool.get_volume("v").subvolume_id, None)
+    backend.set_limit(pool.get_volume("v").qgroup, None)
     assert "no qgroup limit" in pool.volume_health("v").message
     assert pool.volume_stats("v") == (pool.volume_usage("v"), pool.volume_health("v"))
     backend.delete_subvolume(pool.volume_path("v"))
@@ -319,3 +321,137 @@ def test_quotas_turned_off_behind_the_pools_back_refuse_limits(pool: Pool, backe
     assert "quotas are off" in pool.volume_health("v").message
     assert os.listdir(pool.staging_dir) == [] and [v.id for v in pool.list_volumes()] == ["v"]
     assert Pool.open(pool.root, backend=backend).quota_status().mode is not QuotaMode.OFF  # on again
+
+
+def disable_quota(backend: Backends) -> None:
+    if isinstance(backend, FakeBackend):
+        backend.disable_quota()
+    else:
+        quota.disable(backend.root)
+
+
+def wait_for(condition: Callable[[], bool], what: str, pool: Pool) -> None:
+    """Until condition holds, committing meanwhile (the kernel's cleaner works after a commit)."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after 30 s"
+        pool.sync()
+        time.sleep(0.05)
+
+
+def test_each_volume_has_its_own_level1_qgroup_that_carries_the_limit(pool: Pool, backend: Backends) -> None:
+    volume = pool.create_volume("v", 8 * MiB)
+    pool.create_snapshot("s", "v")
+    clone = pool.create_volume("c", 12 * MiB, Source(SourceKind.SNAPSHOT, "s"))
+    relations = backend.qgroup_relations()
+    snapshot = pool.get_snapshot("s")
+    assert volume.qgroup >= quota.LEVEL1 and clone.qgroup >= quota.LEVEL1 and volume.qgroup != clone.qgroup
+    assert relations[volume.subvolume_id] == {volume.qgroup}
+    assert relations[clone.subvolume_id] == {clone.qgroup}
+    assert snapshot.subvolume_id not in relations  # a snapshot is charged to no volume
+    assert backend.usage(volume.qgroup).limit == 8 * MiB and backend.usage(clone.qgroup).limit == 12 * MiB
+    for subvolume_id in (volume.subvolume_id, clone.subvolume_id, snapshot.subvolume_id):
+        assert backend.usage(subvolume_id).limit is None  # nothing for a snapshot to inherit
+    assert pool.volume_usage("v") == backend.usage(volume.qgroup)
+    usage = pool.volumes_usage(pool.list_volumes())
+    assert usage == {"c": backend.usage(clone.qgroup), "v": pool.volume_usage("v")}
+    assert pool.repair_quotas() == QuotaRepairs() and pool.reparent_nested() == NestedScan(0, 0)
+    pool.delete_volume("v")
+
+    def removed() -> bool:
+        # The kernel refuses to destroy it until its cleaner has dropped the subvolume; repair retries.
+        pool.repair_quotas()
+        return volume.qgroup not in backend.group_usage_all()
+
+    wait_for(removed, "removed", pool)
+    assert set(backend.group_usage_all()) == {clone.qgroup}
+
+
+def test_subvolumes_nested_in_a_volume_are_moved_into_its_qgroup(pool: Pool, backend: Backends) -> None:
+    volume = pool.create_volume("v", 8 * MiB)
+    neighbour = pool.create_volume("w", 8 * MiB)
+    path = pool.volume_path("v")
+    backend.create_subvolume(path / "plain")
+    (path / "deep" / "er").mkdir(parents=True)
+    backend.create_subvolume(path / "deep" / "er" / "stolen", qgroup=neighbour.qgroup)
+    backend.create_subvolume(path / "plain" / "inner")
+    backend.snapshot(path / "plain", path / "copy", readonly=True)
+    scan = pool.reparent_nested()
+    volumes = {volume.subvolume_id, neighbour.subvolume_id}
+    nested = [s for s in backend.subvolume_parents() if s not in volumes]
+    assert len(nested) == 4
+    # Simple quotas put plain creates inside at once; the neighbour's qgroup never was right.
+    assert scan.repaired == scan.out_of_place >= 1
+    relations = backend.qgroup_relations()
+    assert all(relations[s] == {volume.qgroup} for s in nested)
+    assert relations[neighbour.subvolume_id] == {neighbour.qgroup}
+    assert pool.reparent_nested() == NestedScan(0, 0)
+
+
+def test_limits_removed_by_hand_come_back(pool: Pool, backend: Backends) -> None:
+    volume = pool.create_volume("v", 8 * MiB)
+    backend.set_limit(volume.qgroup, None)
+    backend.set_limit(volume.subvolume_id, 64 * MiB)
+    assert pool.repair_quotas() == QuotaRepairs(limits_restored=1)
+    assert backend.usage(volume.qgroup).limit == 8 * MiB and backend.usage(volume.subvolume_id).limit is None
+    assert pool.repair_quotas() == QuotaRepairs()
+
+
+@pytest.mark.parametrize("wanted", ["auto", "full"])
+def test_quotas_disabled_come_back_with_mode_qgroups_and_limits(
+    pool: Pool, backend: Backends, wanted: str
+) -> None:
+    mode = pool.quota_status().mode
+    volume = pool.create_volume("v", 8 * MiB)
+    disable_quota(backend)
+    reopened = Pool.open(pool.root, wanted, backend=backend)
+    assert reopened.quota_status().mode is (mode if wanted == "auto" else QuotaMode(wanted))
+    assert reopened.repair_quotas() == QuotaRepairs(qgroups_restored=1, limits_restored=1)
+    assert reopened.reparent_nested() == NestedScan(1, 1)
+    assert backend.qgroup_relations()[volume.subvolume_id] == {volume.qgroup}
+    assert reopened.volume_usage("v").limit == 8 * MiB
+
+
+def test_volumes_of_the_old_shape_are_migrated_once(pool: Pool, backend: Backends) -> None:
+    """A volume as the driver made it before level-1 qgroups: the limit on its own 0/N, no qgroup in
+    its metadata; and one whose migration was cut short after its qgroup was named."""
+    old = make_old_volume(pool, backend, "old", 8 * MiB)
+    cut = make_old_volume(pool, backend, "cut", 4 * MiB)
+    group = quota.LEVEL1 | 1 << 47 | 99
+    backend.create_qgroup(group)
+    named = {**read_meta(backend, pool.volumes_dir / "cut"), "qgroup": group}
+    write_meta(backend, pool.volumes_dir / "cut", named)
+    backend.create_qgroup(quota.LEVEL1 | 1 << 47 | 7)  # a crash between the qgroup and its volume
+    backend.create_qgroup(quota.LEVEL1 | 42)  # an operator's own: not the driver's to remove
+    assert pool.get_volume("old").qgroup == old  # usage still reads the limit where it is
+    assert pool.volume_usage("old").limit == 8 * MiB
+    assert pool.repair_quotas() == QuotaRepairs(migrated=1, limits_restored=1, orphans_removed=1)
+    assert pool.reparent_nested() == NestedScan(1, 1)  # the cut one's subvolume, not assigned yet
+    migrated = pool.get_volume("old")
+    assert migrated.qgroup >= quota.LEVEL1 | 1 << 47 and pool.get_volume("cut").qgroup == group
+    relations = backend.qgroup_relations()
+    assert relations[old] == {migrated.qgroup} and relations[cut] == {group}
+    assert pool.volume_usage("old").limit == 8 * MiB and pool.volume_usage("cut").limit == 4 * MiB
+    assert backend.usage(old).limit is None and backend.usage(cut).limit is None
+    assert set(backend.group_usage_all()) == {migrated.qgroup, group, quota.LEVEL1 | 42}
+    assert pool.repair_quotas() == QuotaRepairs() and pool.reparent_nested() == NestedScan(0, 0)
+
+
+def make_old_volume(pool: Pool, backend: Backends, name: str, capacity: int) -> int:
+    staged = pool.staging_dir / name
+    backend.create_subvolume(staged)
+    meta = {"kind": "volume", "name": name, "capacity": capacity, "source": None, "metadata": {}}
+    write_meta(backend, staged, meta)
+    subvolume_id = backend.subvolume_info(staged).id
+    backend.set_limit(subvolume_id, capacity)
+    backend.rename(staged, pool.volumes_dir / name)
+    return subvolume_id
+
+
+def read_meta(backend: Backends, path: Path) -> dict[str, object]:
+    fields: dict[str, object] = json.loads(os.getxattr(path, backend.metadata_xattr))
+    return fields
+
+
+def write_meta(backend: Backends, path: Path, fields: dict[str, object]) -> None:
+    os.setxattr(path, backend.metadata_xattr, json.dumps(fields).encode())

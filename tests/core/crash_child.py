@@ -58,10 +58,12 @@ def main() -> None:
             halt(f"stopped before deleting {path}")
         real_delete(self, path)
 
-    def snapshot(self: KernelBackend, source: Path, path: Path, readonly: bool) -> None:
+    def snapshot(
+        self: KernelBackend, source: Path, path: Path, readonly: bool, qgroup: int | None = None
+    ) -> None:
         if stop == "snapshot":
             halt(f"stopped before snapshot {source} -> {path}")
-        real_snapshot(self, source, path, readonly)
+        real_snapshot(self, source, path, readonly, qgroup)
         if stop == "snapshot-staged":
             halt(f"stopped after snapshot {source} -> {path}")
 

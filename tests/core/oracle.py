@@ -39,15 +39,15 @@ class CliQgroup:
     max_exclusive: int | None
 
 
-def qgroup_show(mount: Path) -> dict[int, CliQgroup]:
-    """`btrfs qgroup show -re --raw`: every level-0 qgroup by subvolume id."""
+def qgroup_show(mount: Path, level: int = 0) -> dict[int, CliQgroup]:
+    """`btrfs qgroup show -re --raw`: every qgroup of a level by qgroupid (level 0: by subvolume id)."""
     found = {}
     for line in cli("btrfs", "qgroup", "show", "-re", "--raw", str(mount)).splitlines():
         fields = line.split()
-        if not fields or not fields[0].startswith("0/"):
+        if not fields or not fields[0].startswith(f"{level}/"):
             continue
         rfer, excl, max_rfer, max_excl = fields[1:5]
-        found[int(fields[0][2:])] = CliQgroup(
+        found[level << 48 | int(fields[0].split("/")[1])] = CliQgroup(
             int(rfer),
             int(excl),
             None if max_rfer == "none" else int(max_rfer),
@@ -287,13 +287,25 @@ class RecordingBackend(KernelBackend):
         super().__init__(root)
         self.changes: list[str] = []
 
-    def create_subvolume(self, path: Path) -> None:
+    def create_subvolume(self, path: Path, qgroup: int | None = None) -> None:
         self.changes.append("create_subvolume")
-        super().create_subvolume(path)
+        super().create_subvolume(path, qgroup)
 
-    def snapshot(self, source: Path, path: Path, readonly: bool) -> None:
+    def snapshot(self, source: Path, path: Path, readonly: bool, qgroup: int | None = None) -> None:
         self.changes.append("snapshot")
-        super().snapshot(source, path, readonly)
+        super().snapshot(source, path, readonly, qgroup)
+
+    def create_qgroup(self, qgroupid: int) -> None:
+        self.changes.append("create_qgroup")
+        super().create_qgroup(qgroupid)
+
+    def destroy_qgroup(self, qgroupid: int) -> None:
+        self.changes.append("destroy_qgroup")
+        super().destroy_qgroup(qgroupid)
+
+    def assign_qgroup(self, member: int, parent: int, assign: bool) -> None:
+        self.changes.append("assign_qgroup")
+        super().assign_qgroup(member, parent, assign)
 
     def delete_subvolume(self, path: Path) -> None:
         self.changes.append("delete_subvolume")
@@ -311,9 +323,9 @@ class RecordingBackend(KernelBackend):
         self.changes.append("enable_quota")
         super().enable_quota(mode)
 
-    def set_limit(self, subvolume_id: int, limit: int | None) -> None:
+    def set_limit(self, qgroupid: int, limit: int | None) -> None:
         self.changes.append("set_limit")
-        super().set_limit(subvolume_id, limit)
+        super().set_limit(qgroupid, limit)
 
     def sync(self) -> None:
         self.changes.append("sync")

@@ -98,7 +98,7 @@ def test_killed_before_rename_leaves_no_volume_and_open_clears_the_debris(btrfs_
     settle(btrfs_mount)
     assert subvolume_paths(btrfs_mount) == {"volumes/pvc-crash"}
     assert set(qgroup_show(btrfs_mount)) == {5, volume.subvolume_id}
-    assert qgroup_show(btrfs_mount)[volume.subvolume_id].max_referenced == 32 * MiB
+    assert qgroup_show(btrfs_mount, 1)[volume.qgroup].max_referenced == 32 * MiB
 
 
 def test_killed_before_rename_then_restart_then_retry(btrfs_mount: Path) -> None:
@@ -131,7 +131,7 @@ def test_killed_clone_before_rename_leaves_the_source_untouched(btrfs_mount: Pat
     assert hash_tree(reopened.volume_path(source.id)) == expected
     clone = reopened.create_volume("pvc-clone", 32 * MiB, Source(SourceKind.SNAPSHOT, "snap-src"))
     assert hash_tree(reopened.volume_path(clone.id)) == expected
-    assert qgroup_show(btrfs_mount)[clone.subvolume_id].max_referenced == 32 * MiB
+    assert qgroup_show(btrfs_mount, 1)[clone.qgroup].max_referenced == 32 * MiB
 
 
 def test_killed_mid_delete_hides_the_volume_and_open_finishes_the_delete(btrfs_mount: Path) -> None:
@@ -266,11 +266,11 @@ def test_a_created_volume_survives_a_power_cut(btrfs_mount: Path, tmp_path: Path
         assert os.getxattr(disk / "volumes" / "pvc-power", xattr) == os.getxattr(
             pool.volume_path("pvc-power"), xattr
         )
-        assert qgroup_show(disk)[live.subvolume_id].max_referenced == 24 * MiB
+        assert qgroup_show(disk, 1)[live.qgroup].max_referenced == 24 * MiB
 
     run_and_kill(btrfs_mount, "expand_volume", ["pvc-power", 40 * MiB], "returned")
     with power_cut_image(btrfs_mount, tmp_path) as disk:
-        assert qgroup_show(disk)[live.subvolume_id].max_referenced == 40 * MiB
+        assert qgroup_show(disk, 1)[live.qgroup].max_referenced == 40 * MiB
         restored = json.loads(os.getxattr(disk / "volumes" / "pvc-power", KernelBackend.metadata_xattr))
         assert restored["capacity"] == 40 * MiB
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from btrfs_core import filesystem, subvolume
+from btrfs_core import filesystem, quota, subvolume
 from btrfs_core.backend import KernelBackend
 from btrfs_core.capacity import usable_data
 from btrfs_core.errors import (
@@ -70,12 +70,16 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
         yield Env(Pool.open(mount, quota_mode=mode.value), mount, mode)
 
 
-def _limit(mount: Path, subvolume_id: int) -> int | None:
-    return qgroup_show(mount)[subvolume_id].max_referenced
+def _limit(mount: Path, qgroupid: int) -> int | None:
+    return qgroup_show(mount, qgroupid >> 48)[qgroupid].max_referenced
 
 
 def _fill(path: Path) -> int:
-    """Writes 64 KiB at a time until write() fails with EDQUOT; returns the bytes accepted."""
+    """Writes 64 KiB at a time until write() fails with EDQUOT; returns the bytes accepted.
+
+    Under full qgroups the kernel enforces limits only while accounting is consistent: a snapshot
+    made earlier in the module started a rescan, which is waited for first."""
+    quota.wait_rescan(path.parent)
     block = os.urandom(64 << 10)
     accepted = 0
     with open(path, "wb", buffering=0) as f:
@@ -125,7 +129,7 @@ def test_create_volume_matches_the_cli(env: Env) -> None:
     assert int(shown["Subvolume ID"]) == volume.subvolume_id
     assert shown["Parent UUID"] == "-" and shown["Flags"] == "-"
     assert cli_time(volume.created) == shown["Creation time"]
-    assert _limit(env.mount, volume.subvolume_id) == 48 * MiB
+    assert _limit(env.mount, volume.qgroup) == 48 * MiB
     assert env.pool.volume_usage("pvc-layout").limit == 48 * MiB
 
     # Unsafe names are hashed into an ID that stays inside volumes/.
@@ -149,7 +153,7 @@ def test_create_is_idempotent(env: Env) -> None:
         with pytest.raises(AlreadyExists):
             env.pool.create_volume("pvc-idem", capacity, source)
     assert [p for p in subvolume_paths(env.mount) if "pvc-idem" in p] == ["volumes/pvc-idem"]
-    assert _limit(env.mount, first.subvolume_id) == 16 * MiB
+    assert _limit(env.mount, first.qgroup) == 16 * MiB
     assert env.pool.get_volume("pvc-idem") == first
 
 
@@ -167,14 +171,14 @@ def test_expand_raises_only(env: Env) -> None:
     volume = env.pool.create_volume("pvc-expand", 16 * MiB)
     assert env.pool.expand_volume("pvc-expand", 16 * MiB) == volume
     grown = env.pool.expand_volume("pvc-expand", 32 * MiB)
-    assert grown.capacity == 32 * MiB and _limit(env.mount, volume.subvolume_id) == 32 * MiB
+    assert grown.capacity == 32 * MiB and _limit(env.mount, volume.qgroup) == 32 * MiB
     assert Pool.open(env.mount).get_volume("pvc-expand").capacity == 32 * MiB
     assert env.pool.expand_volume("pvc-expand", 24 * MiB).capacity == 32 * MiB  # never shrinks
     with pytest.raises(CapacityOutOfRange):
         env.pool.expand_volume("pvc-expand", 24 * MiB, limit=24 * MiB)
     with pytest.raises(InsufficientCapacity):
         env.pool.expand_volume("pvc-expand", 2 * env.pool.fs_usage().size)
-    assert _limit(env.mount, volume.subvolume_id) == 32 * MiB
+    assert _limit(env.mount, volume.qgroup) == 32 * MiB
     assert env.pool.get_volume("pvc-expand").capacity == 32 * MiB
     with pytest.raises(NotFound):
         env.pool.expand_volume("pvc-absent", 32 * MiB)
@@ -223,21 +227,20 @@ def test_clones_and_restores_get_their_own_limit(env: Env) -> None:
     snapshot = env.pool.create_snapshot("snap-limit", source.id)
     expected = hash_tree(env.pool.volume_path(source.id))
 
-    # What the pool guards against: a bare writable snapshot inherits its source's limit under
-    # full qgroups, and has none under simple quotas.
+    # A bare writable snapshot inherits its source's level-0 limit under full qgroups: the volume's
+    # limit sits on its level-1 qgroup, so a snapshot of it inherits none in either mode.
     bare = env.mount / "bare-clone"
     subvolume.snapshot(env.pool.volume_path(source.id), bare, readonly=False)
-    bare_limit = _limit(env.mount, subvolume.subvolume_id(bare))
-    assert bare_limit == (16 * MiB if env.mode is QuotaMode.FULL else None)
+    assert _limit(env.mount, subvolume.subvolume_id(bare)) is None
     subvolume.delete(bare)
 
     restored = env.pool.create_volume(
         "pvc-limit-restored", 64 * MiB, Source(SourceKind.SNAPSHOT, snapshot.id)
     )
     clone = env.pool.create_volume("pvc-limit-clone", 48 * MiB, Source(SourceKind.VOLUME, source.id))
-    assert _limit(env.mount, restored.subvolume_id) == restored.capacity == 64 * MiB
-    assert _limit(env.mount, clone.subvolume_id) == clone.capacity == 48 * MiB
-    assert _limit(env.mount, source.subvolume_id) == 16 * MiB
+    assert _limit(env.mount, restored.qgroup) == restored.capacity == 64 * MiB
+    assert _limit(env.mount, clone.qgroup) == clone.capacity == 48 * MiB
+    assert _limit(env.mount, source.qgroup) == 16 * MiB
     assert restored.source == Source(SourceKind.SNAPSHOT, "snap-limit")
     assert clone.source == Source(SourceKind.VOLUME, "pvc-limit-src")
     assert (
@@ -323,7 +326,7 @@ def test_a_volume_with_snapshots_can_be_deleted_and_its_snapshots_restored(env: 
         assert hash_tree(env.pool.snapshots_dir / snapshot.id) == expected
     restored = env.pool.create_volume("pvc-reborn", 32 * MiB, Source(SourceKind.SNAPSHOT, "snap-doomed-1"))
     assert hash_tree(env.pool.volume_path(restored.id)) == expected
-    assert _limit(env.mount, restored.subvolume_id) == 32 * MiB
+    assert _limit(env.mount, restored.qgroup) == 32 * MiB
 
 
 def test_nested_subvolumes_are_deleted_with_their_volume(env: Env) -> None:
@@ -346,12 +349,9 @@ def test_usage_matches_the_cli(env: Env) -> None:
     write_random(env.pool.volume_path(volume.id) / "f", 3 * MiB, seed=51)
     filesystem.sync(env.mount)
     shown = qgroup_show(env.mount)
+    group = qgroup_show(env.mount, 1)[volume.qgroup]
     usage = env.pool.volume_usage(volume.id)
-    assert (usage.referenced, usage.exclusive, usage.limit) == (
-        shown[volume.subvolume_id].referenced,
-        shown[volume.subvolume_id].exclusive,
-        16 * MiB,
-    )
+    assert (usage.referenced, usage.exclusive, usage.limit) == (group.referenced, group.exclusive, 16 * MiB)
     assert usage.referenced >= 3 * MiB
     assert {k: (u.referenced, u.exclusive, u.limit) for k, u in env.pool.usage_all().items()} == {
         k: (q.referenced, q.exclusive, q.max_referenced) for k, q in shown.items()
@@ -488,4 +488,4 @@ def test_a_failed_expand_leaves_the_promised_limit(btrfs_mount: Path) -> None:
     with pytest.raises((BtrfsCoreError, OSError)):
         pool.expand_volume(volume.id, 32 * MiB)
     assert pool.get_volume(volume.id).capacity == 16 * MiB
-    assert _limit(btrfs_mount, volume.subvolume_id) == 16 * MiB  # not 32 MiB, which nobody got
+    assert _limit(btrfs_mount, volume.qgroup) == 16 * MiB  # not 32 MiB, which nobody got

@@ -21,7 +21,8 @@ def pvc(namespace: str, name: str) -> dict[str, str]:
 
 
 def kernel_qgroups(mount: Path) -> dict[int, tuple[int, int, int | None]]:
-    """`btrfs qgroup show --raw -re`: level-0 qgroupid -> (referenced, exclusive, max referenced)."""
+    """`btrfs qgroup show --raw -re`: qgroupid (a subvolume id at level 0) -> (referenced, exclusive,
+    max referenced)."""
     out = subprocess.run(
         ["btrfs", "qgroup", "show", "--raw", "-re", str(mount)],
         check=True,
@@ -32,10 +33,11 @@ def kernel_qgroups(mount: Path) -> dict[int, tuple[int, int, int | None]]:
     found: dict[int, tuple[int, int, int | None]] = {}
     for line in out.splitlines():
         fields = line.split()
-        if not fields or not fields[0].startswith("0/"):
+        if not fields or "/" not in fields[0] or not fields[1].isdigit():
             continue
+        level, qgroup = fields[0].split("/")
         max_rfer = None if fields[3] == "none" else int(fields[3])
-        found[int(fields[0][2:])] = (int(fields[1]), int(fields[2]), max_rfer)
+        found[int(level) << 48 | int(qgroup)] = (int(fields[1]), int(fields[2]), max_rfer)
     return found
 
 

@@ -8,6 +8,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
+from btrfs_core import quota
 from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
@@ -33,6 +34,7 @@ def test_scraped_usage_equals_the_kernels(pool: Pool, btrfs_mount: Path, quota_m
     snap = pool.create_snapshot("snap-a", a.id)
     write_file(pool.volume_path(a.id) / "after-snapshot", 2 * MiB)
     clone = pool.create_volume("clone", 64 * MiB, source=Source(SourceKind.SNAPSHOT, snap.id))
+    quota.wait_rescan(btrfs_mount)  # full qgroups: the rescan the clone started
     pool.sync()
 
     scraped = samples(metrics.registry)
@@ -49,7 +51,7 @@ def test_scraped_usage_equals_the_kernels(pool: Pool, btrfs_mount: Path, quota_m
     }
     assert set(referenced) == set(exclusive) == set(limit) == set(expected_labels.values())
     for volume in (a, b, c, clone):
-        rfer, excl, max_rfer = kernel[volume.subvolume_id]
+        rfer, excl, max_rfer = kernel[volume.qgroup]
         key = expected_labels[volume.id]
         assert referenced[key] == rfer
         assert exclusive[key] == excl
@@ -159,7 +161,7 @@ def test_index_reads_each_object_once_and_sees_replacements(pool: Pool, btrfs_mo
     }
     assert collector._volumes.reads == 5
     assert set(scraped) == {"v1", "v3", "v4"}
-    assert scraped["v3"] == ("other", kernel_qgroups(btrfs_mount)[v3.subvolume_id][0])
+    assert scraped["v3"] == ("other", kernel_qgroups(btrfs_mount)[v3.qgroup][0])
     # The same answers as listing through the pool at every scrape.
     unindexed = build_registry(pool, DRIVER, index=False)
     volatile = {"btrfs_csi_scrape_duration_seconds", "btrfs_csi_pool_used_bytes", "btrfs_csi_pool_free_bytes"}
@@ -188,6 +190,7 @@ def test_inconsistent_flag_shows_and_clears_after_the_reconcilers_rescan(btrfs_m
     volume = pool.create_volume("shared", 64 * MiB)
     write_file(pool.volume_path(volume.id) / "f", 4 * MiB)
     pool.create_snapshot("snap", volume.id)  # now the volume's extents are shared: excl != rfer
+    quota.wait_rescan(btrfs_mount)  # the one the snapshot started (full qgroups): let it end first
     make_inconsistent(btrfs_mount, volume.subvolume_id)
     assert samples(metrics.registry)["btrfs_csi_pool_qgroups_inconsistent"] == {labels(): 1}
 
@@ -239,7 +242,7 @@ def test_a_cleared_limit_has_no_limit_sample(pool: Pool, btrfs_mount: Path) -> N
     metrics = build_registry(pool, DRIVER)
     limited = pool.create_volume("limited", 16 * MiB)
     unlimited = pool.create_volume("unlimited", 16 * MiB)
-    btrfs("qgroup", "limit", "none", f"0/{unlimited.subvolume_id}", str(btrfs_mount))
+    btrfs("qgroup", "limit", "none", quota.show(unlimited.qgroup), str(btrfs_mount))
     scraped = samples(metrics.registry)
     assert scraped["btrfs_csi_volume_limit_bytes"] == {volume_labels(limited.id): 16 * MiB}
     assert volume_labels(unlimited.id) in scraped["btrfs_csi_volume_referenced_bytes"]
@@ -271,6 +274,7 @@ def test_fast_rendering_exposes_what_prometheus_client_would(pool: Pool) -> None
     pool.create_volume("v1", 16 * MiB, metadata=pvc("ns", 'quote" back\\slash\nnewline ünïcode'))
     pool.create_volume("v2", 16 * MiB, metadata=pvc("ns", "same-labels-elsewhere"))
     pool.create_snapshot("s1", "v1")
+    quota.wait_rescan(pool.root)  # full qgroups: the snapshot's rescan, so both scrapes see one state
     pool.sync()
     metrics.rpc.duration.labels("CreateVolume", "OK").observe(0.5)
 

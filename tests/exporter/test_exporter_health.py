@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from btrfs_core import quota
 from btrfs_core.pool import Pool
 from tests.exporter.helpers import btrfs, write_file
 from tests.exporter.test_exporter_collector import make_inconsistent
@@ -66,8 +67,7 @@ def test_pool_remounted_read_only(pool: Pool, volume_id: str, read_only: None) -
 
 
 def test_limit_cleared(pool: Pool, volume_id: str, btrfs_mount: Path) -> None:
-    subvolume_id = pool.get_volume(volume_id).subvolume_id
-    btrfs("qgroup", "limit", "none", f"0/{subvolume_id}", str(btrfs_mount))
+    btrfs("qgroup", "limit", "none", quota.show(pool.get_volume(volume_id).qgroup), str(btrfs_mount))
     health = pool.volume_health(volume_id)
     assert health.abnormal
     assert "no qgroup limit" in health.message

@@ -45,7 +45,7 @@ def test_prometheus_scrapes_the_volumes_usage(pool: Pool, btrfs_mount: Path, tmp
     volume = pool.create_volume("data", 64 * MiB, metadata=pvc("team", "data-0"))
     write_file(pool.volume_path(volume.id) / "f", 7 * MiB + 4096)
     pool.sync()
-    kernel_referenced = kernel_qgroups(btrfs_mount)[volume.subvolume_id][0]
+    kernel_referenced = kernel_qgroups(btrfs_mount)[volume.qgroup][0]
 
     server = start_metrics_server("127.0.0.1:0", metrics.registry)
     port = free_port()

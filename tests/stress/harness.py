@@ -6,6 +6,7 @@ The full form runs when the environment variable BTRFS_CSI_STRESS is set to 1 (`
 """
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 import grpc
 
 from btrfs_core import quota
+from btrfs_core.backend import KernelBackend
 from csi.pb import csi_pb2, csi_pb2_grpc
 from tests.core.oracle import qgroup_show, settle, subvolume_list
 from tests.csi.conftest import Client
@@ -271,9 +273,10 @@ def check_consistent(client: Client, mount: Path, page: int = 7) -> PoolState:
     expected = {f"volumes/{vid}" for vid in volumes} | {f"snapshots/{sid}" for sid in snapshots}
     assert {entry.path for entry in subvolumes.values()} == expected
     qgroups = qgroup_show(mount)
-    by_path = {entry.path: subvolume_id for subvolume_id, entry in subvolumes.items()}
+    groups = qgroup_show(mount, 1)
     for vid, volume in volumes.items():
-        assert qgroups[by_path[f"volumes/{vid}"]].max_referenced == volume.capacity_bytes, vid
+        meta = json.loads(os.getxattr(mount / "volumes" / vid, KernelBackend.metadata_xattr))
+        assert groups[meta["qgroup"]].max_referenced == volume.capacity_bytes, vid
     status = quota.status(mount)
     assert not status.inconsistent
     stale = {qid: q.referenced for qid, q in qgroups.items() if qid >= 256 and qid not in subvolumes}

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
+from btrfs_core import quota
 from csi.pb import csi_pb2
 from tests.core.oracle import cli
 from tests.csi.conftest import Client, MiB, code_of, error_of, mount_capability
@@ -290,7 +291,10 @@ def test_inconsistent_qgroups_make_volumes_abnormal_with_the_reason(
     client.create_volume("other", 8 * MiB)
     (btrfs_mount / "volumes" / "shared" / "data").write_bytes(os.urandom(4 * MiB))
     client.create_snapshot("shared-snap", volume.volume_id)  # the volume now shares its extents
-    subvolume_id = int(cli("btrfs", "inspect-internal", "rootid", str(btrfs_mount / "volumes" / "shared")))
+    # The snapshot's qgroup, not the volume's: the driver moves a volume's own back into its qgroup.
+    snapshot = btrfs_mount / "snapshots" / "shared-snap"
+    subvolume_id = int(cli("btrfs", "inspect-internal", "rootid", str(snapshot)))
+    quota.wait_rescan(btrfs_mount)  # the one the snapshot started (full qgroups)
     cli("btrfs", "qgroup", "create", "1/100", str(btrfs_mount))
     # Without a rescan the accounting of a qgroup with shared extents cannot be updated: inconsistent.
     subprocess.run(
