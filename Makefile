@@ -36,6 +36,7 @@ bench: $(STAMP) system-deps
 	$(PY) -m bench.bench_grpc
 	$(PY) -m bench.bench_scrape
 	$(PY) -m bench.bench_goals
+	$(PY) -m bench.bench_quota
 
 stress: $(STAMP) system-deps
 	BTRFS_CSI_STRESS=1 $(VENV)/bin/pytest -q -ra tests/stress

@@ -1,5 +1,6 @@
 """What the pool needs from btrfs, as one interface: the kernel, or the in-memory fake for unit tests."""
 
+import contextlib
 import errno
 from pathlib import Path
 from typing import Protocol
@@ -89,8 +90,13 @@ class KernelBackend:
         try:
             quota.rescan(self.root)
         except KernelError as exc:
-            if exc.errno != errno.EINPROGRESS:  # one is running already: that is what we wanted
+            if exc.errno != errno.EINPROGRESS:
                 raise
+            # One is running. A change that marks accounting inconsistent cancels a running rescan,
+            # which then ends without making it consistent: wait for it and start anew.
+            quota.wait_rescan(self.root)
+            with contextlib.suppress(KernelError):  # EINPROGRESS: another caller started one
+                quota.rescan(self.root)
 
     def set_limit(self, qgroupid: int, limit: int | None) -> None:
         quota.set_limit(self.root, qgroupid, limit)

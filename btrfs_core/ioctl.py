@@ -288,6 +288,21 @@ def tree_search(
         start = following
 
 
+def items_of_type(
+    fd: int, tree_id: int, item_type: int, target: str, last_objectid: int = U64_MAX
+) -> Iterator[tuple[int, int, memoryview]]:
+    """Every item (objectid, offset, data) of one type with objectid FIRST_FREE_OBJECTID..last_objectid.
+
+    A key range spans every type between its ends, so the items of other types are skipped here.
+    """
+    found = tree_search(
+        fd, tree_id, (FIRST_FREE_OBJECTID, item_type, 0), (last_objectid, item_type, U64_MAX), target
+    )
+    for objectid, found_type, offset, data in found:
+        if found_type == item_type:
+            yield objectid, offset, data
+
+
 def _next_key(key: tuple[int, int, int]) -> tuple[int, int, int] | None:
     objectid, item_type, offset = key
     if offset < U64_MAX:

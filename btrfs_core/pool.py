@@ -479,8 +479,11 @@ class Pool:
         return True
 
     def _rescan_if_inconsistent(self) -> None:
+        """Full qgroups: a rescan when accounting is inconsistent, which the kernel then enforces no
+        limit under. The flag is read from the quota tree, as of the last commit: callers commit
+        first (a snapshot commits by itself)."""
         status = self._fs.quota_status()
-        if status.mode is QuotaMode.FULL and status.inconsistent and not status.rescan_running:
+        if status.mode is QuotaMode.FULL and status.inconsistent:
             self._fs.rescan_quota()
 
     def _source_path(self, source: Source | None, capacity: int) -> Path | None:
@@ -887,8 +890,8 @@ class Pool:
             counts["orphans_removed"] = self._remove_orphan_groups(set(groups) - set(named.values()))
         repairs = QuotaRepairs(**counts)
         if repairs != QuotaRepairs():
-            self._rescan_if_inconsistent()
             self._commit.commit()
+            self._rescan_if_inconsistent()
         return repairs
 
     def _repair_volume(
@@ -1012,6 +1015,8 @@ class Pool:
             repaired += 1
         # Also after a snapshot or clone whose rescan was cancelled by the next change: every few
         # seconds, so full qgroups never stay unenforced for long.
+        if repaired:
+            self._commit.commit()
         self._rescan_if_inconsistent()
         return NestedScan(out_of_place, repaired)
 

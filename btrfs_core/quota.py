@@ -117,15 +117,10 @@ def relations(path: Path) -> dict[int, set[int]]:
     found: dict[int, set[int]] = {}
     try:
         with opened(path) as fd:
-            items = ioctl.tree_search(
-                fd,
-                ioctl.QUOTA_TREE,
-                (ioctl.FIRST_FREE_OBJECTID, ioctl.QGROUP_RELATION_KEY, 0),
-                (ioctl.U64_MAX, ioctl.QGROUP_RELATION_KEY, ioctl.U64_MAX),
-                str(path),
-            )
-            for member, item_type, parent, _data in items:
-                if item_type == ioctl.QGROUP_RELATION_KEY and member >> LEVEL_SHIFT < parent >> LEVEL_SHIFT:
+            for member, parent, _data in ioctl.items_of_type(
+                fd, ioctl.QUOTA_TREE, ioctl.QGROUP_RELATION_KEY, str(path)
+            ):
+                if member >> LEVEL_SHIFT < parent >> LEVEL_SHIFT:
                     found.setdefault(member, set()).add(parent)
     except NotFound:  # quotas off: no quota tree
         return {}

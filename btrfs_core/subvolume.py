@@ -268,19 +268,11 @@ def delete(path: Path) -> None:
 
 def list_all(path: Path) -> dict[int, int]:
     """Every subvolume of the filesystem holding path: id -> parent subvolume id."""
-    found = {}
     with opened(path) as fd:
-        backrefs = ioctl.tree_search(
-            fd,
-            ioctl.ROOT_TREE,
-            (ioctl.FIRST_FREE_OBJECTID, ioctl.ROOT_BACKREF_KEY, 0),
-            (ioctl.LAST_FREE_OBJECTID, ioctl.ROOT_BACKREF_KEY, ioctl.U64_MAX),
-            str(path),
+        backrefs = ioctl.items_of_type(
+            fd, ioctl.ROOT_TREE, ioctl.ROOT_BACKREF_KEY, str(path), ioctl.LAST_FREE_OBJECTID
         )
-        for objectid, item_type, offset, _data in backrefs:
-            if item_type == ioctl.ROOT_BACKREF_KEY:
-                found[objectid] = offset
-    return found
+        return {objectid: offset for objectid, offset, _data in backrefs}
 
 
 def rename(source: Path, destination: Path) -> None:

@@ -1,10 +1,19 @@
 """A hostile tenant: a pod is a process with uid 65534, no groups and no capabilities, working in its
-volume with what the kernel grants any user (creating subvolumes, making its own ones read-only)."""
+volume with what the kernel grants any user (creating subvolumes, with a qgroup_inherit argument of its
+own choosing; making its own ones read-only; writing)."""
 
+import ctypes
+import errno
+import fcntl
+import json
 import os
+import struct
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from btrfs_core import ioctl
 
 POD_UID = POD_GID = 65534
 
@@ -22,9 +31,10 @@ def capabilities() -> int:
     raise AssertionError("no CapEff line in /proc/self/status")
 
 
-def as_pod(volume: Path, work: Callable[[], None]) -> None:
-    """Runs `work` in a forked child as the pod, its working directory the volume's root; a failure in
-    it (or a child that kept a capability) fails the caller with the child's traceback.
+def as_pod(volume: Path, work: Callable[[], object]) -> Any:
+    """Runs `work` in a forked child as the pod, its working directory the volume's root, and returns
+    what it returned (a JSON value); a failure in it (or a child that kept a capability) fails the
+    caller with the child's traceback.
 
     Forked, not executed: the interpreter may live where uid 65534 cannot read it.
     """
@@ -41,7 +51,7 @@ def as_pod(volume: Path, work: Callable[[], None]) -> None:
             os.fchdir(directory)
             if capabilities() != 0:
                 raise AssertionError(f"the pod kept capabilities {capabilities():#x}")
-            work()
+            os.write(write_end, json.dumps(work()).encode())
             status = 0
         except BaseException:
             os.write(write_end, traceback.format_exc().encode())
@@ -54,3 +64,55 @@ def as_pod(volume: Path, work: Callable[[], None]) -> None:
     _, wait_status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(wait_status) != 0:
         raise AssertionError(f"the pod failed:\n{report}")
+    return json.loads(report)
+
+
+def make_subvolume(name: str, inherit: list[int] | None = None) -> int:
+    """BTRFS_IOC_SUBVOL_CREATE_V2 in the working directory; with `inherit` (maybe empty) the tenant's
+    own qgroup_inherit list. Returns the new subvolume's id."""
+    args = ioctl.VolArgsV2(name=name.encode())
+    buffer = None
+    if inherit is not None:
+        # struct btrfs_qgroup_inherit: flags, num_qgroups, num_ref_copies, num_excl_copies, a
+        # btrfs_qgroup_limit (5 u64), then the qgroup ids.
+        packed = struct.pack(f"<4Q5Q{len(inherit)}Q", 0, len(inherit), 0, 0, 0, 0, 0, 0, 0, *inherit)
+        buffer = ctypes.create_string_buffer(packed, len(packed))
+        args.flags |= ioctl.SUBVOL_QGROUP_INHERIT
+        args.size = len(packed)
+        args.qgroup_inherit = ctypes.addressof(buffer)
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, ioctl.IOC_SUBVOL_CREATE_V2, args)
+    finally:
+        os.close(fd)
+    del buffer  # kept alive until the ioctl has read it
+    return _subvolume_id(name)
+
+
+def _subvolume_id(path: str) -> int:
+    args = ioctl.InoLookupArgs(treeid=0, objectid=ioctl.FIRST_FREE_OBJECTID)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, ioctl.IOC_INO_LOOKUP, args)
+    finally:
+        os.close(fd)
+    return int(args.treeid)
+
+
+def write_until_refused(name: str, most: int) -> dict[str, int]:
+    """Writes up to `most` bytes into a new file, 64 KiB at a time, with fsync at the end; returns the
+    bytes written and the errno that stopped it (0 when all went in)."""
+    block = b"\xa5" * (64 << 10)
+    written = 0
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        while written < most:
+            written += os.write(fd, block[: most - written])
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EDQUOT, errno.ENOSPC):
+            raise
+        return {"written": written, "errno": exc.errno}
+    finally:
+        os.close(fd)
+    return {"written": written, "errno": 0}
