@@ -175,6 +175,9 @@ class FakeBackend:
     def rescan_quota(self) -> None:
         self.inconsistent = False
 
+    def wait_rescan(self) -> None:
+        pass  # a fake rescan ends as it starts
+
     def set_limit(self, qgroupid: int, limit: int | None) -> None:
         table = self._groups if qgroupid >= _LEVEL1 else self._limits
         if qgroupid not in table:

@@ -423,6 +423,8 @@ class Pool:
         self._reserve(volume_id, capacity)
         staged = self._staging_path(volume_id)
         group = None
+        if origin is not None:
+            self._after_rescan()
         try:
             # The level-1 qgroup first, the subvolume born inside it: a crash in between leaves an
             # empty qgroup that no volume names, which repair_quotas removes.
@@ -479,12 +481,20 @@ class Pool:
         return True
 
     def _rescan_if_inconsistent(self) -> None:
-        """Full qgroups: a rescan when accounting is inconsistent, which the kernel then enforces no
-        limit under. The flag is read from the quota tree, as of the last commit: callers commit
-        first (a snapshot commits by itself)."""
+        """Full qgroups: a rescan when accounting is inconsistent, waited for: the kernel enforces no
+        limit until it ends. The flag is read from the quota tree, as of the last commit: callers
+        commit first (a snapshot commits by itself)."""
         status = self._fs.quota_status()
         if status.mode is QuotaMode.FULL and status.inconsistent:
             self._fs.rescan_quota()
+            self._fs.wait_rescan()
+
+    def _after_rescan(self) -> None:
+        """Full qgroups: waits for a running rescan before a qgroup change (a snapshot or clone of a
+        volume, an assignment). A change made while one runs is missing from its result, which then
+        says consistent with wrong numbers and no limit enforced (measured on 6.18)."""
+        if self._fs.quota_status().mode is QuotaMode.FULL:
+            self._fs.wait_rescan()
 
     def _source_path(self, source: Source | None, capacity: int) -> Path | None:
         if source is None:
@@ -658,6 +668,7 @@ class Pool:
             else:
                 source = self.get_volume(source_volume_id)
                 self._check_writable()
+                self._after_rescan()
                 existing = self._build_snapshot(snapshot_id, name, source)
                 # Full qgroups: a snapshot of a subvolume that is a member of a level-1 qgroup marks
                 # accounting inconsistent, and the kernel then enforces no limit until a rescan ends.
@@ -878,6 +889,7 @@ class Pool:
             return QuotaRepairs()
         counts = {"migrated": 0, "qgroups_restored": 0, "limits_restored": 0, "orphans_removed": 0}
         with self._lock:
+            self._after_rescan()
             groups = self._fs.group_usage_all()
             level0 = self._fs.usage_all()
             named: dict[int, int] = {}
@@ -998,6 +1010,8 @@ class Pool:
             if parents == {group}:
                 continue
             out_of_place += 1
+            if out_of_place == 1:
+                self._after_rescan()
             try:
                 for wrong in parents - {group}:
                     self._fs.assign_qgroup(subvolume_id, wrong, False)
