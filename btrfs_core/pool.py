@@ -737,7 +737,7 @@ class Pool:
     def volumes_usage(self, volumes: Iterable[Volume]) -> dict[str, QgroupUsage]:
         """volume_usage of many volumes in one pass over the quota tree, by volume id (a volume whose
         qgroup is missing, quotas off or gone, is left out)."""
-        return self._usage_of({volume.id: volume.qgroup for volume in volumes})
+        return self._usage_of({volume.id: self._current_qgroup(volume) for volume in volumes})
 
     def _usage_of(self, groups: Mapping[str, int]) -> dict[str, QgroupUsage]:
         """The usage of each volume id's qgroup, read in one search (two while some volume has not
@@ -746,6 +746,13 @@ class Pool:
         if any(group < quota.LEVEL1 for group in groups.values()):
             found.update(self._fs.usage_all())
         return {volume_id: found[group] for volume_id, group in groups.items() if group in found}
+
+    def _current_qgroup(self, volume: Volume) -> int:
+        """The qgroup of a Volume read before its migration (a caller's cache may hold one): the one
+        repair_quotas gave it since, if any."""
+        if volume.qgroup >= quota.LEVEL1 or self._volume_groups is None:
+            return volume.qgroup
+        return self._volume_groups.get(volume.subvolume_id, volume.qgroup)
 
     def _qgroup_at(self, path: Path) -> int:
         try:
@@ -774,7 +781,7 @@ class Pool:
     def volumes_health(self, volumes: Sequence[Volume]) -> list[VolumeHealth]:
         """volume_health of many volumes (a page of ListVolumes), the pool itself looked at once."""
         pool = self._pool_health()
-        return [self._health(volume.id, volume.qgroup, pool) for volume in volumes]
+        return [self._health(volume.id, self._current_qgroup(volume), pool) for volume in volumes]
 
     def _pool_health(self) -> VolumeHealth | None:
         """What is wrong with the whole pool, if anything: every volume suffers from it."""

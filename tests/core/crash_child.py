@@ -4,6 +4,7 @@ point, tells the parent through a pipe, and waits there for the SIGKILL.
     python -m tests.core.crash_child '{"root": ..., "fd": ..., "op": ..., "args": [...], "stop": ...}'
 
 Stop points:
+  qgroup-created       after a new volume's level-1 qgroup is made, before its subvolume
   rename-into-volumes  just before a staged volume is renamed into volumes/
   delete-subvolume     just before a subvolume is deleted (delete_volume: after it left volumes/)
   snapshot             just before the snapshot ioctl
@@ -40,6 +41,7 @@ def main() -> None:
     real_rename = os.rename
     real_delete = KernelBackend.delete_subvolume
     real_snapshot = KernelBackend.snapshot
+    real_create_qgroup = KernelBackend.create_qgroup
 
     def rename(
         src: PathArg, dst: PathArg, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None
@@ -52,6 +54,11 @@ def main() -> None:
         real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
         if stop == "snapshot-made" and destination.parent == pool.snapshots_dir:
             halt(f"stopped after the snapshot, renamed into {destination}")
+
+    def create_qgroup(self: KernelBackend, qgroupid: int) -> None:
+        real_create_qgroup(self, qgroupid)
+        if stop == "qgroup-created":
+            halt(f"stopped after creating qgroup {qgroupid}")
 
     def delete_subvolume(self: KernelBackend, path: Path) -> None:
         if stop == "delete-subvolume":
@@ -70,6 +77,7 @@ def main() -> None:
     os.rename = rename
     KernelBackend.delete_subvolume = delete_subvolume  # type: ignore[method-assign]
     KernelBackend.snapshot = snapshot  # type: ignore[method-assign]
+    KernelBackend.create_qgroup = create_qgroup  # type: ignore[method-assign]
 
     op, args = spec["op"], spec["args"]
     result: dict[str, Any]

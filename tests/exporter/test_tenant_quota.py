@@ -241,3 +241,18 @@ def test_a_tenant_cannot_touch_qgroups_itself(mount: Path) -> None:
 
     assert as_pod(node.tenant_dir(volume.id), remove_limit) == errno.EPERM
     assert node.pool.volume_usage(volume.id).limit == CAPACITY
+
+
+def test_metrics_follow_a_volume_migrated_after_the_first_scrape(mount: Path) -> None:
+    node = Node(mount)
+    make_old_volume(node.pool, "old")
+    before = node.registry.get_sample_value("btrfs_csi_volume_limit_bytes", volume_labels("old"))
+    assert before == CAPACITY  # the old shape: the limit on the subvolume's own qgroup
+    node.repair()  # the collector's index still holds the volume as read before its migration
+    assert node.actions("migrate_volume") == 1
+    after = node.registry.get_sample_value("btrfs_csi_volume_limit_bytes", volume_labels("old"))
+    assert after == CAPACITY
+
+
+def volume_labels(volume_id: str) -> dict[str, str]:
+    return {"volume_id": volume_id, "pvc_namespace": "", "pvc_name": ""}
