@@ -423,9 +423,9 @@ class Pool:
         self._reserve(volume_id, capacity)
         staged = self._staging_path(volume_id)
         group = None
-        if origin is not None:
-            self._after_rescan()
         try:
+            if origin is not None:
+                self._after_rescan()
             # The level-1 qgroup first, the subvolume born inside it: a crash in between leaves an
             # empty qgroup that no volume names, which repair_quotas removes.
             group = self._new_group()
