@@ -58,7 +58,7 @@ def test_alert_rules_pass_promtool_check_rules(tmp_path: Path) -> None:
     rules.write_text(alert_rules())
     result = promtool("check", "rules", str(rules))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def without_annotations(rules: str) -> str:
@@ -145,6 +145,19 @@ def unit_tests() -> list[dict[str, Any]]:
                 firing("BtrfsCsiReconcilerFailing", "1h", {**NODE, "severity": "warning"}),
             ],
         },
+        {  # debris that resists for half an hour warns; debris gone within minutes does not
+            "interval": "1m",
+            "input_series": [
+                series("btrfs_csi_staging_debris_entries", "1x60", **NODE),
+                series(
+                    "btrfs_csi_staging_debris_entries", "1x3 0x57", instance="10.0.0.2:9842", node="node-2"
+                ),
+            ],
+            "alert_rule_test": [
+                firing("BtrfsCsiStagingDebrisStuck", "20m"),
+                firing("BtrfsCsiStagingDebrisStuck", "40m", {**NODE, "severity": "warning"}),
+            ],
+        },
         {  # a steady number of stale qgroups (simple quotas holding extents) is not an alert
             "interval": "10m",
             "input_series": [series("btrfs_csi_pool_stale_qgroups", "40x48", **NODE)],
@@ -168,7 +181,7 @@ def unit_tests() -> list[dict[str, Any]]:
 
 def test_alert_rules_fire_as_documented(tmp_path: Path) -> None:
     rules = without_annotations(alert_rules())
-    assert "annotations" not in rules and rules.count("alert: ") == 8
+    assert "annotations" not in rules and rules.count("alert: ") == 9
     (tmp_path / "alerts.yaml").write_text(rules)
     tests = tmp_path / "alerts_test.yaml"  # JSON is YAML
     suite = {"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": unit_tests()}
