@@ -1,6 +1,8 @@
 """The /metrics HTTP endpoint: address parsing, serving a registry, stopping."""
 
 import gzip
+import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -10,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from btrfs_exporter.exposition import GaugeRows, LabelSet
 from btrfs_exporter.rpc import RpcMetrics
-from btrfs_exporter.server import MetricsServer, parse_address, start_metrics_server
+from btrfs_exporter.server import WORKERS, MetricsServer, parse_address, start_metrics_server
 
 
 @pytest.mark.parametrize(
@@ -91,3 +93,37 @@ def test_row_families_refuse_unsorted_labels_and_direct_samples() -> None:
         LabelSet(("a",), ("1", "2"))
     with pytest.raises(TypeError):
         family.samples = list(family.samples)
+
+
+def test_half_sent_requests_hold_no_threads_and_never_block_a_scrape(
+    served: tuple[MetricsServer, str],
+) -> None:
+    """1,000 clients that send half a request and wait (loopback): the scrape behind them is still
+    answered (within get()'s 10 s timeout), and the server's threads stay a handful."""
+    server, base = served
+    threads = threading.active_count()
+    clients = []
+    try:
+        for _ in range(1000):
+            client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the blank line never comes
+            clients.append(client)
+        status, _, body = get(f"{base}/metrics")
+        assert status == 200 and b"btrfs_csi_rpc_duration_seconds" in body
+        assert threading.active_count() <= threads + WORKERS
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_request_that_never_ends_is_closed(
+    served: tuple[MetricsServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = served
+    monkeypatch.setattr("btrfs_exporter.server.HEAD_TIMEOUT", 0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+        client.sendall(b"GET /metrics HTTP/1.1\r\n")
+        try:  # closed by the server, not left waiting for the rest: EOF, or a reset (data was unread)
+            assert client.recv(1024) == b""
+        except ConnectionResetError:
+            pass
