@@ -53,6 +53,7 @@ from btrfs_core.models import (
 )
 
 MIN_VOLUME_BYTES = 1 << 20
+DEFAULT_VOLUME_BYTES = 1 << 30  # the capacity of an empty volume asked for without required_bytes
 MAX_VOLUME_BYTES = (1 << 63) - 1
 MAX_NAME_BYTES = 128
 # IDs are directory names: a letter or digit first, so never "." or "..", and no "/" or NUL.
@@ -372,25 +373,56 @@ class Pool:
     def create_volume(
         self,
         name: str,
-        capacity: int,
+        required: int = 0,
         source: Source | None = None,
         metadata: Mapping[str, str] | None = None,
+        limit: int = 0,
     ) -> Volume:
-        """A new volume of `capacity` bytes, empty or an instant writable snapshot of `source`.
+        """A new volume, empty or an instant writable snapshot of `source`, of at least `required` and
+        at most `limit` bytes (0: no bound): the CSI capacity range, decided here (`_capacity_for`).
 
-        Idempotent: the same request returns the same volume; a different one under the same name
-        raises AlreadyExists.
+        Idempotent: an existing volume of this name, source and metadata whose capacity lies in the
+        range is the answer; any other volume under the same name raises AlreadyExists.
         """
         volume_id = self.volume_id(name)
-        _check_capacity(capacity)
+        _check_range(required, limit)
+        wanted = dict(metadata or {})
         with self._lock:
             existing = self._existing(self.volumes_dir / volume_id, self._volume_at)
             if existing is not None:
-                _same_volume(existing, name, capacity, source)
+                _same_volume(existing, name, required, limit, source, wanted)
             else:
-                existing = self._build_volume(volume_id, name, capacity, source, dict(metadata or {}))
+                capacity = self._capacity_for(required, limit, source)
+                existing = self._build_volume(volume_id, name, capacity, source, wanted)
         self._commit.commit()
         return existing
+
+    def _capacity_for(self, required: int, limit: int, source: Source | None) -> int:
+        """The capacity of a new volume: `required` (at least the smallest volume); without it the
+        source's size, or DEFAULT_VOLUME_BYTES cut to the limit. Never below the source's size (its
+        data could not be written back), never above the limit: CapacityOutOfRange."""
+        size = self._source_size(source) if source is not None else 0
+        if required:
+            capacity = max(required, MIN_VOLUME_BYTES)
+            if source is not None and capacity < size:
+                raise CapacityOutOfRange(
+                    f"capacity_range: required_bytes {required} is smaller than {source.kind.value} "
+                    f"{source.id} ({size} bytes)"
+                )
+        else:
+            capacity = max(size or min(DEFAULT_VOLUME_BYTES, limit or DEFAULT_VOLUME_BYTES), MIN_VOLUME_BYTES)
+        if limit and capacity > limit:
+            raise CapacityOutOfRange(
+                f"capacity_range: limit_bytes {limit} is below {capacity} bytes, the least this volume "
+                "can have (the smallest volume, or its source's size)"
+            )
+        _check_capacity(capacity)
+        return capacity
+
+    def _source_size(self, source: Source) -> int:
+        if source.kind is SourceKind.SNAPSHOT:
+            return self._snapshot_at(self._snapshot_path(source.id)).size
+        return self._volume_at(self.volume_path(source.id)).capacity
 
     def _existing(self, path: Path, read: Callable[[Path], T]) -> T | None:
         """The object at path, None when the name is free; AlreadyExists when something this driver
@@ -1049,14 +1081,33 @@ def _check_capacity(capacity: int) -> None:
         )
 
 
-def _same_volume(existing: Volume, name: str, capacity: int, source: Source | None) -> None:
+def _check_range(required: int, limit: int) -> None:
+    if required < 0 or limit < 0:
+        raise CapacityOutOfRange("capacity_range: required_bytes and limit_bytes must not be negative")
+    if limit and limit < required:
+        raise CapacityOutOfRange(f"capacity_range: limit_bytes {limit} is below required_bytes {required}")
+
+
+def _same_volume(
+    existing: Volume, name: str, required: int, limit: int, source: Source | None, metadata: dict[str, str]
+) -> None:
+    """Refuses (AlreadyExists) a request for an existing volume that the volume does not satisfy."""
     if existing.name != name:
         raise AlreadyExists(f"volume id {existing.id} belongs to another name, {existing.name!r}")
-    if existing.capacity != capacity or existing.source != source:
+    if existing.source != source:
+        raise AlreadyExists(f"volume {name!r} exists with source {existing.source}, not {source}")
+    if existing.capacity < required or (limit and existing.capacity > limit):
         raise AlreadyExists(
-            f"volume {name!r} exists with capacity {existing.capacity} and source {existing.source}, "
-            f"not {capacity} and {source}"
+            f"volume {name!r} exists with capacity {existing.capacity}, outside the range asked for "
+            f"(required_bytes {required}, limit_bytes {limit or 'none'})"
         )
+    if existing.metadata != metadata:
+        differ = sorted(
+            key
+            for key in existing.metadata.keys() | metadata.keys()
+            if existing.metadata.get(key) != metadata.get(key)
+        )
+        raise AlreadyExists(f"volume {name!r} exists with other parameters: {', '.join(differ)} differ")
 
 
 def _shortened(relative: str) -> str:

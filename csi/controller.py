@@ -7,8 +7,8 @@ call into the core and builds the response. Core errors become status codes in t
 import grpc
 from google.protobuf import wrappers_pb2
 
-from btrfs_core.errors import AlreadyExists, NotFound
-from btrfs_core.models import Snapshot, Source, Volume
+from btrfs_core.errors import NotFound
+from btrfs_core.models import Snapshot, Volume
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from csi import validation as v
 from csi.config import Config
@@ -51,7 +51,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         parameters = v.parameters(request.parameters, v.VOLUME_PARAMETERS)
         v.no_mutable_parameters(request.mutable_parameters)
         capacity_range = request.capacity_range if request.HasField("capacity_range") else None
-        capacity = v.volume_capacity(capacity_range, MIN_VOLUME_BYTES)
+        required, limit = v.capacity_bounds(capacity_range)
         source = (
             v.content_source(request.volume_content_source)
             if request.HasField("volume_content_source")
@@ -62,40 +62,11 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         )
         v.check_accessible(requirement, self._config.topology, "accessibility_requirements")
         volume_id = Pool.volume_id(name)
+        metadata = v.volume_metadata(parameters)
         with self._locks.hold(volume_key(volume_id)):
-            try:
-                volume = self._pool.create_volume(name, capacity, source, v.volume_metadata(parameters))
-            except AlreadyExists as refused:
-                volume = self._compatible_existing(volume_id, name, source, capacity_range, refused)
+            # The core decides the capacity from the range and judges an existing volume by it.
+            volume = self._pool.create_volume(name, required, source, metadata, limit=limit)
         return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume))
-
-    def _compatible_existing(
-        self,
-        volume_id: str,
-        name: str,
-        source: Source | None,
-        capacity_range: csi_pb2.CapacityRange | None,
-        refused: AlreadyExists,
-    ) -> Volume:
-        """An existing volume of this name that the request accepts, although its capacity differs.
-
-        The core compares exact capacities; the spec asks only that the capacity lie in the range.
-        No volume there (something the driver did not make holds the name): the core's refusal stands.
-        """
-        try:
-            existing = self._pool.get_volume(volume_id)
-        except NotFound:
-            raise refused from None
-        if (
-            existing.name == name
-            and existing.source == source
-            and v.fits_range(existing.capacity, capacity_range)
-        ):
-            return existing
-        raise AlreadyExists(
-            f"volume {name!r} exists with capacity {existing.capacity} and source {existing.source}, "
-            "incompatible with this request"
-        )
 
     def DeleteVolume(
         self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext

@@ -22,8 +22,6 @@ from csi.pb import csi_pb2
 
 T = TypeVar("T")
 
-GiB = 1 << 30
-DEFAULT_CAPACITY = 1 * GiB
 MAX_STRING_BYTES = 128  # the CSI size limit for strings
 MAX_MAP_BYTES = 4096  # ... and for a map<string, string>
 MAX_PATH_BYTES = 4096  # paths override the string limit; PATH_MAX is the real bound
@@ -125,32 +123,11 @@ def _range_bounds(capacity_range: csi_pb2.CapacityRange, field: str) -> tuple[in
     return required, limit
 
 
-def volume_capacity(
-    capacity_range: csi_pb2.CapacityRange | None,
-    minimum: int,
-    default: int = DEFAULT_CAPACITY,
-    field: str = "capacity_range",
-) -> int:
-    """The capacity to provision for a range: at least required, at most limit, never under minimum.
-
-    Without a range (or with zeros) the volume gets `default`, cut to the limit when one is given.
-    """
-    required, limit = _range_bounds(capacity_range, field) if capacity_range else (0, 0)
-    capacity = required or default
-    if limit and capacity > limit:
-        capacity = limit
-    capacity = max(capacity, minimum)
-    if limit and capacity > limit:
-        raise out_of_range(f"{field}: limit_bytes {limit} is below the smallest volume, {minimum} bytes")
-    return capacity
-
-
-def fits_range(capacity: int, capacity_range: csi_pb2.CapacityRange | None) -> bool:
-    """Whether an existing volume's capacity satisfies a (validated) range."""
-    if capacity_range is None:
-        return True
-    required, limit = capacity_range.required_bytes, capacity_range.limit_bytes
-    return capacity >= required and (not limit or capacity <= limit)
+def capacity_bounds(
+    capacity_range: csi_pb2.CapacityRange | None, field: str = "capacity_range"
+) -> tuple[int, int]:
+    """(required_bytes, limit_bytes) of a CreateVolume range, 0 for unset; the core picks the capacity."""
+    return _range_bounds(capacity_range, field) if capacity_range is not None else (0, 0)
 
 
 def expansion_capacity(

@@ -145,6 +145,32 @@ def test_a_name_shaped_like_a_hashed_id_is_another_volume(pool: Pool) -> None:
     assert pool.create_snapshot(snapshot.id, unsafe.id).id not in (snapshot.id, unsafe.id)
 
 
+@pytest.fixture(params=["fake", pytest.param("kernel", marks=pytest.mark.kernel)])
+def big_pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
+    """A 4 GiB pool that promises twice its size: room for a volume above the 1 GiB default and two
+    clones of it."""
+    if request.param == "fake":
+        yield Pool.open(tmp_path, backend=FakeBackend(tmp_path, size=4 << 30), overprovision=2.0)
+        return
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with loop_pool(size=4 << 30) as mountpoint:
+        yield Pool.open(mountpoint, overprovision=2.0)
+
+
+def test_a_restore_or_clone_without_a_size_gets_its_sources_size_as_its_limit(big_pool: Pool) -> None:
+    pool, size = big_pool, 1536 * MiB
+    pool.create_volume("big", size)
+    pool.create_snapshot("big-snap", "big")
+    restored = pool.create_volume("restored", 0, Source(SourceKind.SNAPSHOT, "big-snap"))
+    cloned = pool.create_volume("cloned", 0, Source(SourceKind.VOLUME, "big"), limit=2 * size)
+    for volume in (restored, cloned):
+        assert volume.capacity == size and pool.volume_usage(volume.id).limit == size
+    with pytest.raises(CapacityOutOfRange):
+        pool.create_volume("small", 0, Source(SourceKind.VOLUME, "big"), limit=size - MiB)
+
+
 def test_snapshot_restore_and_clone(pool: Pool) -> None:
     pool.create_volume("src", 8 * MiB)
     (pool.volume_path("src") / "data").write_bytes(b"payload" * 1000)
@@ -187,8 +213,8 @@ def test_expand_raises_only(pool: Pool) -> None:
 
 
 def test_capacity_is_accounted(pool: Pool) -> None:
-    with pytest.raises(CapacityOutOfRange):
-        pool.create_volume("tiny", MIN_VOLUME_BYTES - 1)
+    with pytest.raises(CapacityOutOfRange):  # a range with no room for the smallest volume
+        pool.create_volume("tiny", 0, limit=MIN_VOLUME_BYTES - 1)
     available = pool.available_capacity()
     with pytest.raises(InsufficientCapacity):
         pool.create_volume("huge", available + 1)

@@ -23,7 +23,7 @@ from btrfs_core.errors import (
     NotFound,
 )
 from btrfs_core.models import QuotaMode, Source, SourceKind, Volume
-from btrfs_core.pool import Pool
+from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
 
@@ -417,9 +417,11 @@ def test_hostile_names_and_ids_are_refused_before_touching_the_filesystem(
             pool.create_snapshot(bad_name, "pvc-target")
     for bad_capacity in (0, -1, 1, (1 << 63), 1 << 64):
         with pytest.raises(CapacityOutOfRange):
-            pool.create_volume("pvc-new", bad_capacity)
-        with pytest.raises(CapacityOutOfRange):
             pool.expand_volume("pvc-target", bad_capacity)
+    # create_volume takes the CSI range, where 0 (no minimum) and 1 (rounded up) are fine requests.
+    for required, limit in ((-1, 0), (1 << 63, 0), (1 << 64, 0), (0, -1), (0, MIN_VOLUME_BYTES - 1), (2, 1)):
+        with pytest.raises(CapacityOutOfRange):
+            pool.create_volume("pvc-new", required, limit=limit)
 
     assert backend.changes == [] and xattrs_written == []
     assert (tree(env.mount), subvolume_paths(env.mount), qgroup_show(env.mount)) == before

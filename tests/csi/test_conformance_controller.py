@@ -1,12 +1,17 @@
 """Identity and Controller RPCs through a real gRPC client and server, on the fake pool and on a real
 btrfs (kernel): the codes spec.md requires, and idempotency of every mutating call."""
 
+import contextlib
+from pathlib import Path
+
 import grpc
 import pytest
 
-from btrfs_core.pool import MIN_VOLUME_BYTES
+from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from csi.pb import csi_pb2
-from tests.csi.conftest import NODE_ID, Client, GiB, MiB, Mode, code_of, error_of, mount_capability
+from demo.loop_pool import loop_pool
+from tests.conftest import kernel_skip_reason
+from tests.csi.conftest import NODE_ID, Client, GiB, MiB, Mode, code_of, error_of, mount_capability, serve
 
 TOPOLOGY_KEY = "topology.btrfs.csi.dev/node"
 OURS = csi_pb2.Topology(segments={TOPOLOGY_KEY: NODE_ID})
@@ -262,6 +267,41 @@ def test_create_volume_same_name_other_source_is_already_exists(csi: Client) -> 
         )
     )
     assert code_of(csi.controller.CreateVolume, clone) == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_create_volume_same_name_other_parameters_is_already_exists(csi: Client) -> None:
+    claim = {"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "team"}
+    first = csi.controller.CreateVolume(create_request(parameters=claim)).volume
+    assert csi.controller.CreateVolume(create_request(parameters=claim)).volume == first
+    other = {**claim, "csi.storage.k8s.io/pvc/name": "other"}
+    error = error_of(csi.controller.CreateVolume, create_request(parameters=other))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS and "pvc/name" in (error.details() or "")
+    assert csi.pool.get_volume(first.volume_id).metadata == claim  # the labels stay the first claim's
+
+
+@pytest.mark.kernel
+def test_restore_and_clone_without_a_range_take_a_big_sources_size(socket_dir: Path) -> None:
+    """Above the 1 GiB default, on a 4 GiB pool: the source's size, not OUT_OF_RANGE; a limit that admits
+    it is accepted, one below it is OUT_OF_RANGE."""
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with (
+        loop_pool(size=4 << 30) as mountpoint,
+        contextlib.contextmanager(serve)(Pool.open(mountpoint, overprovision=2.0), socket_dir) as client,
+    ):
+        big = client.create_volume("big", 1536 * MiB)
+        snapshot = client.create_snapshot("big-snap", big.volume_id)
+        for name, source, limit in (
+            ("restored", snapshot_source(snapshot.snapshot_id), 0),  # no range at all
+            ("cloned", volume_source(big.volume_id), 2 * big.capacity_bytes),  # a limit that admits it
+        ):
+            request = create_request(name, capacity=None, volume_content_source=source)
+            if limit:
+                request.capacity_range.limit_bytes = limit
+            assert client.controller.CreateVolume(request).volume.capacity_bytes == big.capacity_bytes
+            request.name, request.capacity_range.limit_bytes = f"{name}-small", GiB
+            assert code_of(client.controller.CreateVolume, request) == grpc.StatusCode.OUT_OF_RANGE
 
 
 def snapshot_source(snapshot_id: str) -> csi_pb2.VolumeContentSource:
