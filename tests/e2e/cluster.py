@@ -329,21 +329,25 @@ class Cluster:
             wait_for(f"{DRIVER_NAME} registered on {node}", functools.partial(registered, node), 300)
 
     def diagnostics(self) -> str:
-        """The last lines of every container of the release, for a failing test's report."""
-        from kubernetes import client
+        return release_logs(self.api())
 
-        core: Any = client.CoreV1Api(self.api())
-        out = []
-        for pod in core.list_namespaced_pod(NAMESPACE).items:
-            for container in pod.spec.containers:
-                try:
-                    text = core.read_namespaced_pod_log(
-                        pod.metadata.name, NAMESPACE, container=container.name, tail_lines=100
-                    )
-                except Exception as e:
-                    text = f"(no log: {e})"
-                out.append(f"--- {pod.metadata.name}/{container.name} on {pod.spec.node_name}\n{text}")
-        return "\n".join(out)
+
+def release_logs(api: Any) -> str:
+    """The last lines of every container of the release, for a failing test's report."""
+    from kubernetes import client
+
+    core: Any = client.CoreV1Api(api)
+    out = []
+    for pod in core.list_namespaced_pod(NAMESPACE).items:
+        for container in pod.spec.containers:
+            try:
+                text = core.read_namespaced_pod_log(
+                    pod.metadata.name, NAMESPACE, container=container.name, tail_lines=100
+                )
+            except Exception as e:
+                text = f"(no log: {e})"
+            out.append(f"--- {pod.metadata.name}/{container.name} on {pod.spec.node_name}\n{text}")
+    return "\n".join(out)
 
 
 def helm_release(kubeconfig: Path, action: str, values: dict[str, Any]) -> Any:

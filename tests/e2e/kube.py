@@ -67,6 +67,28 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
+        # Wait until its pods, claims and volumes are gone: the next scenario measures the pool.
+        wait_for(f"namespace {self.namespace} deleted", lambda: not self._namespace_exists(), 300)
+        wait_for(f"the volumes of {self.namespace} deleted", lambda: not self._own_volumes(), 300)
+
+    def _own_volumes(self) -> list[str]:
+        volumes = self.core.list_persistent_volume().items
+        return [
+            v.metadata.name
+            for v in volumes
+            if v.spec.claim_ref and v.spec.claim_ref.namespace == self.namespace
+        ]
+
+    def _namespace_exists(self) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.read_namespace(self.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
 
     def pvc(
         self,

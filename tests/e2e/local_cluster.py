@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import ssl
@@ -45,6 +46,7 @@ from tests.e2e.cluster import (
     crd_established,
     helm_release,
     log,
+    release_logs,
     run,
     wait_for,
 )
@@ -83,23 +85,30 @@ SNAPSHOTTER_TAG = "v8.6.0"
 CNI_PLUGIN = r"""#!/bin/bash
 # e2e-loopback CNI plugin: a veth pair with BOTH ends inside the pod's network namespace, a 127.x
 # address on eth0 and lo up. Nothing can leave the pod; the kubelet and containerd are satisfied.
+# Installed as `loopback` too, which containerd calls for lo: then it only brings lo up.
 set -eu
+config=$(cat)
+version=$(printf %s "$config" | grep -o '"cniVersion": *"[^"]*"' | head -n 1 | cut -d'"' -f4)
 case "$CNI_COMMAND" in
 VERSION) echo '{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}' ;;
 ADD)
-    cat >/dev/null
-    h=$(printf %s "$CNI_CONTAINERID" | sha256sum | cut -c1-4)
-    addr="127.1.$((16#${h:0:2})).$((16#${h:2:2} % 254 + 1))"
-    nsenter --net="$CNI_NETNS" sh -ec "ip link set lo up
-        ip link add $CNI_IFNAME type veth peer name e2e-peer
-        ip addr add $addr/32 dev $CNI_IFNAME
-        ip link set $CNI_IFNAME up
-        ip link set e2e-peer up"
-    result='{"cniVersion":"0.4.0","interfaces":[{"name":"%s","sandbox":"%s"}],'
-    result="$result"'"ips":[{"version":"4","address":"%s/32","interface":0}]}\n'
-    printf "$result" "$CNI_IFNAME" "$CNI_NETNS" "$addr"
+    if [ "$CNI_IFNAME" = lo ]; then
+        nsenter --net="$CNI_NETNS" ip link set lo up
+        addr=127.0.0.1/8
+    else
+        h=$(printf %s "$CNI_CONTAINERID" | sha256sum | cut -c1-4)
+        addr="127.1.$((16#${h:0:2})).$((16#${h:2:2} % 254 + 1))/32"
+        nsenter --net="$CNI_NETNS" sh -ec "ip link set lo up
+            ip link add $CNI_IFNAME type veth peer name e2e-peer
+            ip addr add $addr dev $CNI_IFNAME
+            ip link set $CNI_IFNAME up
+            ip link set e2e-peer up"
+    fi
+    result='{"cniVersion":"%s","interfaces":[{"name":"%s","sandbox":"%s"}],'
+    result="$result"'"ips":[{"version":"4","address":"%s","interface":0}]}\n'
+    printf "$result" "$version" "$CNI_IFNAME" "$CNI_NETNS" "$addr"
     ;;
-*) cat >/dev/null ;;  # DEL/CHECK: the veth pair goes away with the namespace
+*) ;;  # DEL/CHECK: the veth pair goes away with the namespace
 esac
 """
 
@@ -278,6 +287,9 @@ class LocalCluster:
         run("mkfs.btrfs", "--quiet", "--force", device)
         POOL_PATH.mkdir(parents=True, exist_ok=True)
         run("mount", "-t", "btrfs", device, str(POOL_PATH))
+        # The driver container mounts the pool HostToContainer, which the runtime grants only on a
+        # shared (or slave) mount; `/` is private on this machine (systemd hosts share it).
+        run("mount", "--make-rshared", str(POOL_PATH))
 
     def containerd_socket(self) -> Path:
         return self.work / "containerd" / "containerd.sock"
@@ -287,9 +299,10 @@ class LocalCluster:
         cni_bin, cni_conf = self.work / "cni" / "bin", self.work / "cni" / "conf"
         for d in (base, cni_bin, cni_conf):
             d.mkdir(parents=True, exist_ok=True)
-        plugin = cni_bin / "e2e-loopback"
-        plugin.write_text(CNI_PLUGIN)
-        plugin.chmod(0o755)
+        for name in ("e2e-loopback", "loopback"):
+            plugin = cni_bin / name
+            plugin.write_text(CNI_PLUGIN)
+            plugin.chmod(0o755)
         (cni_conf / "10-e2e-loopback.conflist").write_text(json.dumps(
             {"cniVersion": "0.4.0", "name": "e2e-loopback", "plugins": [{"type": "e2e-loopback"}]}
         ))  # fmt: skip
@@ -391,13 +404,16 @@ class LocalCluster:
 
     def chart_values(self) -> dict[str, Any]:
         repository, tag = DRIVER_IMAGE.split(":")
+        never = {"image": {"pullPolicy": "Never"}}  # every image is imported: never reach for a registry
         return {
             "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+            "node": {name: never for name in ("registrar", "provisioner", "snapshotter", "livenessProbe")},
+            "resizer": never,
             # No pod network and no kube-proxy on this cluster.
             "hostNetwork": True,
             "apiServer": {"host": "127.0.0.1", "port": API_PORT},
             # The cluster has no snapshot-controller of its own.
-            "snapshotController": {"enabled": True},
+            "snapshotController": {"enabled": True, **never},
         }
 
     def install(self) -> None:
@@ -458,6 +474,7 @@ class LocalCluster:
             == 0
         ):
             pass
+        self.remove_kubelet_chains()
         self.restore_sysctls()
         for d in ("containerd", "etcd", "cni"):
             shutil.rmtree(self.work / d, ignore_errors=True)
@@ -514,15 +531,20 @@ class LocalCluster:
             netns.unlink(missing_ok=True)
 
     def remove_kubelet_chains(self) -> None:
-        """The KUBE-* chains the kubelet made (its iptables canaries), not those that were there."""
+        """The KUBE-* chains the kubelet made (its canaries and KUBE-FIREWALL, which drops
+        non-loopback traffic to 127/8) and the rules jumping to them; not what was there before."""
         path = self.work / "iptables-chains.json"
         if not path.exists():
             return
         before = {tuple(c) for c in json.loads(path.read_text())}
-        for tool, table, chain in iptables_chains():
-            if chain.startswith("KUBE-") and (tool, table, chain) not in before:
-                run(tool, "-w", "-t", table, "-F", chain, check=False)
-                run(tool, "-w", "-t", table, "-X", chain, check=False)
+        made = [c for c in iptables_chains() if c[2].startswith("KUBE-") and c not in before]
+        for tool, table, chain in made:
+            for rule in iptables_rules(tool, table):
+                if rule[-2:] == ["-j", chain]:
+                    run(tool, "-w", "-t", table, "-D", *rule[1:], check=False)
+        for tool, table, chain in made:
+            run(tool, "-w", "-t", table, "-F", chain, check=False)
+            run(tool, "-w", "-t", table, "-X", chain, check=False)
         path.unlink()
 
     def save_sysctls(self) -> None:
@@ -538,14 +560,14 @@ class LocalCluster:
             path.unlink()
 
     def diagnostics(self) -> str:
-        out = []
+        """The release's container logs, and the kubelet's and containerd's last errors."""
+        out = [release_logs(self.api())]
         for name in ("kubelet", "containerd"):
             path = self.logs / f"{name}.log"
             if path.exists():
-                out.append(
-                    f"--- {name} (last lines)\n"
-                    + "\n".join(path.read_text(errors="replace").splitlines()[-40:])
-                )
+                lines = path.read_text(errors="replace").splitlines()
+                errors = [line for line in lines if line.startswith("E") or "level=error" in line]
+                out.append(f"--- {name}: last errors\n" + "\n".join(errors[-20:]))
         return "\n".join(out)
 
 
@@ -576,6 +598,12 @@ def iptables_chains() -> list[tuple[str, str, str]]:
             elif line.startswith(":"):
                 found.append((tool, table, line[1:].split()[0]))
     return found
+
+
+def iptables_rules(tool: str, table: str) -> list[list[str]]:
+    """The rules of one table as `-A CHAIN ...` argument lists."""
+    dump = subprocess.run([f"{tool}-save", "-t", table], capture_output=True, text=True, timeout=60).stdout
+    return [shlex.split(line) for line in dump.splitlines() if line.startswith("-A ")]
 
 
 def is_mountpoint(path: Path) -> bool:

@@ -4,6 +4,7 @@ prints the one this machine gets."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -55,6 +56,10 @@ def choose() -> tuple[str, list[str]]:
 
 
 def bring_up(name: str, keep: bool) -> AbstractContextManager[Provider]:
+    """The cluster for one run of the suite; BTRFS_CSI_E2E_REUSE=1 runs it on the local cluster
+    `make e2e-up` left running, and leaves that cluster alone afterwards."""
+    if name == "local" and os.environ.get("BTRFS_CSI_E2E_REUSE") == "1":
+        return contextlib.nullcontext(local.LocalCluster())
     made: AbstractContextManager[Any] = (
         kind.e2e_cluster(keep) if name == "kind" else local.local_cluster(keep)
     )

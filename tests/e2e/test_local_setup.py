@@ -9,6 +9,7 @@ import tarfile
 import tomllib
 from pathlib import Path
 
+from tests.chart.helm_render import containers, kinds, render_values
 from tests.e2e import images, local_cluster
 from tests.e2e.images import SIDECARS, Image, chart_images, docker_ignored, image_packages
 
@@ -73,5 +74,11 @@ def test_cluster_addresses_are_loopback_only() -> None:
 
 def test_chart_values_set_only_what_an_air_gapped_user_would() -> None:
     values = local_cluster.LocalCluster(Path("/nonexistent")).chart_values()
-    assert set(values) == {"image", "hostNetwork", "apiServer", "snapshotController"}
+    assert set(values) == {"image", "node", "resizer", "hostNetwork", "apiServer", "snapshotController"}
+    rendered = render_values(values)
+    for workload in (o for o in rendered if o["kind"] in ("DaemonSet", "Deployment")):
+        for container in containers(workload).values():
+            assert container["imagePullPolicy"] == "Never", container["name"]
+    # Only image and network settings differ from the defaults: same objects, same containers.
+    assert kinds(rendered) == kinds(render_values({"snapshotController": {"enabled": True}}))
     assert values["apiServer"] == {"host": "127.0.0.1", "port": local_cluster.API_PORT}
