@@ -46,7 +46,7 @@ import grpc
 
 from bench.bench_core import cli, ms
 from bench.bench_scale import measure as measure_scale
-from bench.bench_scale import scaled_pool
+from bench.bench_scale import populate, scaled_pool
 from bench.bench_scrape import measure as measure_scrape
 from btrfs_core import filesystem, quota, subvolume
 from btrfs_core.pool import Pool
@@ -129,9 +129,11 @@ def reference(size: int) -> Iterator[Endpoint]:
 
 
 @contextmanager
-def ours(size: int) -> Iterator[Endpoint]:
-    """`btrfs-csi serve` on a fresh pool, as the chart runs it: INFO log, metrics exporter on."""
+def ours(size: int, existing: int = 0, snapshots: bool = False) -> Iterator[Endpoint]:
+    """`btrfs-csi serve` as the chart runs it (INFO log, metrics exporter on) on a fresh pool, which holds
+    `existing` 1 MiB volumes (and a snapshot of each if `snapshots`) made through the core."""
     with loop_pool(size=size, prefix="btrfs-csi-bench-ours-") as mount:
+        populate(mount, existing, snapshots=snapshots)
         metrics = ("--metrics-address", f"127.0.0.1:{free_port()}")
         with ServedDriver(mount, metrics) as driver:
             driver.start()

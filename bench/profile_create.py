@@ -3,6 +3,7 @@
 Run as root, with py-spy installed (`.venv/bin/pip install py-spy`: a tool, not a dependency):
 
     .venv/bin/python -m bench.profile_create [--calls 2000] [--sequential 400] [--out DIR]
+        [--existing 10000 [--snapshots]]   (a pool already holding that many volumes, and snapshots)
 
 The driver runs as the chart runs it (INFO log, metrics exporter on) on a loop pool made for the run.
 py-spy samples every thread of it, idle ones too (`--idle`: a thread waiting for the pool lock or the
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.bench_goals import CLIENTS, concurrently, create_request, create_volume, load, ours
+from bench.bench_scale import pool_size
 
 GiB = 1 << 30
 RATE = 100  # samples per second and thread: more slows the driver visibly on 2 cores
@@ -215,6 +217,8 @@ def main() -> int:
     )
     parser.add_argument("--calls", type=int, default=2000, help="CreateVolume calls from 16 clients")
     parser.add_argument("--sequential", type=int, default=400, help="CreateVolume calls one at a time")
+    parser.add_argument("--existing", type=int, default=0, help="volumes in the pool before the calls")
+    parser.add_argument("--snapshots", action="store_true", help="and a snapshot of each of them")
     parser.add_argument("--out", type=Path, default=Path("/var/cache/btrfs-csi/bench-profile"))
     args = parser.parse_args()
     if os.geteuid() != 0 or not shutil.which("py-spy"):
@@ -222,7 +226,7 @@ def main() -> int:
         return 2
     out: Path = args.out / time.strftime("%Y%m%dT%H%M%S")
     out.mkdir(parents=True)
-    with ours(8 * GiB) as driver:
+    with ours(max(8 * GiB, pool_size(args.existing)), args.existing, args.snapshots) as driver:
         pid = driver.pid
 
         burst_calls: int = args.calls
