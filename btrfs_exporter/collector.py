@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -36,6 +35,7 @@ from prometheus_client.registry import Collector
 from btrfs_core.errors import InvalidArgument, NotFound
 from btrfs_core.models import QgroupUsage, QuotaMode, Snapshot, Volume
 from btrfs_core.pool import Pool
+from btrfs_core.version import driver_version
 from btrfs_exporter.exposition import GaugeRows, LabelSet
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,6 @@ LAG_NOTE = (
 VOLUME_LABELS = ("pvc_name", "pvc_namespace", "volume_id")  # sorted, as the text format writes them
 SNAPSHOT_LABELS = ("snapshot_id", "source_volume_id")
 BUILD_LABELS = ("version", "driver_name", "kernel")
-
-
-def package_version() -> str:
-    try:
-        return importlib_metadata.version("btrfs-csi")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class _Subvolume(Protocol):
@@ -130,7 +123,7 @@ class PoolCollector(Collector):
 
     def __init__(self, pool: Pool, driver_name: str, index: bool = True) -> None:
         self._pool = pool
-        self._build_labels = (package_version(), driver_name, os.uname().release)
+        self._build_labels = (driver_version(), driver_name, os.uname().release)
         self._lock = threading.Lock()  # scrapes may run concurrently; the indexes are not thread-safe
         self._volumes: DirectoryIndex[Volume] | None = None
         self._snapshots: DirectoryIndex[Snapshot] | None = None

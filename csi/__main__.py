@@ -17,11 +17,12 @@ import grpc
 
 from btrfs_core.errors import BtrfsCoreError
 from btrfs_core.pool import Pool
+from btrfs_core.version import driver_version
 from btrfs_exporter.server import build_registry, start_metrics_server
 from csi import logging as csi_logging
 from csi.config import Config, ConfigError, parse_args
 from csi.controller import ControllerServicer
-from csi.identity import IdentityServicer, driver_version
+from csi.identity import IdentityServicer
 from csi.locks import KeyedTryLock
 from csi.node import NodeServicer
 from csi.server import RpcObserver, ServeError, bind_unix_socket, build_server, prepare_socket_path

@@ -1,26 +1,17 @@
 """Identity service: who the plugin is, what it can do, and whether its pool is usable right now."""
 
-import importlib.metadata
-
 import grpc
 from google.protobuf import wrappers_pb2
 
 from btrfs_core.errors import BtrfsCoreError
 from btrfs_core.pool import Pool
+from btrfs_core.version import driver_version
 from csi.config import Config
 from csi.errors import failed_precondition
 from csi.pb import csi_pb2, csi_pb2_grpc
 
-PACKAGE = "btrfs-csi"
 Service = csi_pb2.PluginCapability.Service
 Expansion = csi_pb2.PluginCapability.VolumeExpansion
-
-
-def driver_version() -> str:
-    try:
-        return importlib.metadata.version(PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0+unknown"  # running from a source tree that was never installed
 
 
 class IdentityServicer(csi_pb2_grpc.IdentityServicer):
