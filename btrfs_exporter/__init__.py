@@ -5,7 +5,7 @@ The usual wiring (see `server.build_registry`)::
 
     metrics = build_registry(pool, driver_name)
     server = csi.server.build_server(..., observer=metrics.rpc)  # told of every RPC
-    http = start_metrics_server("0.0.0.0:9842", metrics.registry)
+    http = start_metrics_server(("0.0.0.0", 9842), metrics.registry)
     reconciler = metrics.reconciler(interval=60.0)
     reconciler.start()
     ...

@@ -56,18 +56,6 @@ def build_registry(pool: Pool, driver_name: str, index: bool = True) -> Metrics:
     return Metrics(registry, pool, collector, RpcMetrics(registry), ReconcilerMetrics(registry))
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """HOST:PORT, [IPv6]:PORT or :PORT (all interfaces) -> (host, port)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"metrics address {address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"metrics address {address!r}: put an IPv6 host in brackets, [{host}]:{port_text}")
-    return host or "0.0.0.0", int(port_text)
-
-
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -247,13 +235,12 @@ class MetricsServer:
         self._thread.join(timeout)
 
 
-def start_metrics_server(address: str | tuple[str, int], registry: CollectorRegistry) -> MetricsServer:
+def start_metrics_server(address: tuple[str, int], registry: CollectorRegistry) -> MetricsServer:
     """Serves `registry` at http://HOST:PORT/metrics until `stop()`; port 0 picks a free port.
 
-    `address` is "HOST:PORT" ("[::1]:9842", ":9842" for all interfaces) or a (host, port) pair.
+    `address` is (host, port) as csi.config parses --metrics-address.
     """
-    host, port = parse_address(address) if isinstance(address, str) else address
-    host = host.strip("[]") or "0.0.0.0"
+    host, port = address
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     server_class = type("_MetricsServer", (_Server,), {"address_family": family})
     httpd = server_class((host, port), metrics_app(registry))

@@ -75,6 +75,7 @@ def parse_endpoint(endpoint: str) -> Path:
 
 
 def parse_metrics_address(address: str) -> tuple[str, int]:
+    """HOST:PORT, [IPv6]:PORT or :PORT (all interfaces) -> (host, port)."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit():
         raise ConfigError(f"--metrics-address {address!r}: expected HOST:PORT, e.g. 0.0.0.0:9842")
@@ -83,7 +84,9 @@ def parse_metrics_address(address: str) -> tuple[str, int]:
         raise ConfigError(f"--metrics-address {address!r}: port must be 1-65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host, port
+    elif ":" in host:
+        raise ConfigError(f"--metrics-address {address!r}: put an IPv6 host in brackets, [{host}]:{port}")
+    return host or "0.0.0.0", port
 
 
 def parse_overprovision(text: str) -> float:

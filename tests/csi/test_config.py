@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from csi.config import Config, ConfigError, parse_args
+from csi.config import Config, ConfigError, parse_args, parse_metrics_address
 
 BASE = [
     "serve",
@@ -100,3 +100,22 @@ def test_refusals_are_one_line_and_name_the_problem(args: list[str], words: str)
 def test_config_is_a_plain_frozen_dataclass() -> None:
     config = Config(socket_path=Path("/s.sock"), node_id="n", pool=Path("/p"))
     assert config.grace_seconds > 0 and config.max_workers > 0
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:9842", ("127.0.0.1", 9842)),
+        (":9842", ("0.0.0.0", 9842)),
+        ("[::1]:9842", ("::1", 9842)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
+def test_parse_metrics_address(address: str, expected: tuple[str, int]) -> None:
+    assert parse_metrics_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["9842", "host:", "host:port", "::1:9842", "h:70000", "h:0", ""])
+def test_parse_metrics_address_refuses(address: str) -> None:
+    with pytest.raises(ConfigError, match="--metrics-address"):
+        parse_metrics_address(address)

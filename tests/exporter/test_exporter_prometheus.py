@@ -47,7 +47,7 @@ def test_prometheus_scrapes_the_volumes_usage(pool: Pool, btrfs_mount: Path, tmp
     pool.sync()
     kernel_referenced = kernel_qgroups(btrfs_mount)[volume.qgroup][0]
 
-    server = start_metrics_server("127.0.0.1:0", metrics.registry)
+    server = start_metrics_server(("127.0.0.1", 0), metrics.registry)
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(

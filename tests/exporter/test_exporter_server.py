@@ -13,34 +13,14 @@ from prometheus_client import CollectorRegistry
 
 from btrfs_exporter.exposition import GaugeRows, LabelSet
 from btrfs_exporter.rpc import RpcMetrics
-from btrfs_exporter.server import WORKERS, MetricsServer, parse_address, start_metrics_server
-
-
-@pytest.mark.parametrize(
-    ("address", "expected"),
-    [
-        ("127.0.0.1:9842", ("127.0.0.1", 9842)),
-        (":9842", ("0.0.0.0", 9842)),
-        ("0.0.0.0:0", ("0.0.0.0", 0)),
-        ("[::1]:9842", ("::1", 9842)),
-        ("localhost:80", ("localhost", 80)),
-    ],
-)
-def test_parse_address(address: str, expected: tuple[str, int]) -> None:
-    assert parse_address(address) == expected
-
-
-@pytest.mark.parametrize("address", ["9842", "host:", "host:port", "::1:9842", "h:70000", ""])
-def test_parse_address_refuses(address: str) -> None:
-    with pytest.raises(ValueError):
-        parse_address(address)
+from btrfs_exporter.server import WORKERS, MetricsServer, start_metrics_server
 
 
 @pytest.fixture
 def served() -> Iterator[tuple[MetricsServer, str]]:
     registry = CollectorRegistry()
     RpcMetrics(registry).duration.labels("Probe", "OK").observe(0.001)
-    server = start_metrics_server("127.0.0.1:0", registry)
+    server = start_metrics_server(("127.0.0.1", 0), registry)
     try:
         yield server, f"http://127.0.0.1:{server.port}"
     finally:
@@ -74,7 +54,7 @@ def test_gzip_when_accepted_and_404_elsewhere(served: tuple[MetricsServer, str])
 
 
 def test_stop_closes_the_port() -> None:
-    server = start_metrics_server(("127.0.0.1", 0), CollectorRegistry())  # as csi.config parses it
+    server = start_metrics_server(("127.0.0.1", 0), CollectorRegistry())
     url = f"http://127.0.0.1:{server.port}/metrics"
     assert get(url)[0] == 200
     server.stop()
