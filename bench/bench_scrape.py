@@ -14,6 +14,10 @@ median of `--repeat` runs of:
 - unindexed: a scrape listing the pool through Pool.list_volumes()/list_snapshots() every time;
 - the parts: `Pool.usage_all()` (one TREE_SEARCH), the listing alone (Pool.list_volumes() and
   list_snapshots()), the text exposition alone (render of already collected families);
+- the library's writer on the same collected families: `generate_latest` of the row families as they
+  are (through their `.samples`), and of the same samples as the library's own GaugeMetricFamily (what
+  the collector would yield without exposition.py): the custom writer stays only while these are
+  several times the exposition alone;
 - `btrfs qgroup show --raw <pool>`: one process, as a shell-out exporter would run it.
 """
 
@@ -26,12 +30,12 @@ import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
-from btrfs_exporter.exposition import render
+from btrfs_exporter.exposition import GaugeRows, render
 from demo.loop_pool import loop_pool
 
 MiB = 1 << 20
@@ -77,8 +81,19 @@ def measure(pool: Pool, repeat: int) -> dict[str, float]:
         def collect(self) -> Iterable[Metric]:
             return families
 
+    class Native(Collector):
+        """The same samples in the library's own families (made once, outside the timing)."""
+
+        def __init__(self) -> None:
+            self.families = [_native(family) for family in families]
+
+        def collect(self) -> Iterable[Metric]:
+            return self.families
+
     frozen = CollectorRegistry()
     frozen.register(Frozen())
+    native = CollectorRegistry()
+    native.register(Native())
     return {
         "scrape": median_ms(lambda: render(indexed.registry), repeat),
         "generate_latest": median_ms(lambda: generate_latest(indexed.registry), few),
@@ -87,8 +102,19 @@ def measure(pool: Pool, repeat: int) -> dict[str, float]:
         "usage_all": median_ms(pool.usage_all, repeat),
         "list": median_ms(lambda: (pool.list_volumes(), pool.list_snapshots()), few),
         "exposition": median_ms(lambda: render(frozen), repeat),
+        "exposition_library": median_ms(lambda: generate_latest(frozen), few),
+        "exposition_native": median_ms(lambda: generate_latest(native), few),
         "show": median_ms(show, repeat),
     }
+
+
+def _native(family: Metric) -> Metric:
+    if not isinstance(family, GaugeRows):
+        return family
+    native = GaugeMetricFamily(family.name, family.documentation, labels=family.labelnames)
+    for labels, value in zip(family.labels, family.values, strict=True):
+        native.add_metric(labels.values, value)
+    return native
 
 
 def main() -> int:
@@ -126,7 +152,8 @@ def main() -> int:
     print(f"\nquota mode {args.quota_mode}, kernel {os.uname().release}, median of {args.repeat} runs (ms)\n")
     header = (
         "| volumes | snapshots | qgroup show | scrape | scrape/show | µs/volume | via generate_latest"
-        " | cold scrape | unindexed | unindexed/show | usage_all | list | exposition |"
+        " | cold scrape | unindexed | unindexed/show | usage_all | list | exposition"
+        " | exposition via generate_latest | generate_latest of GaugeMetricFamily |"
     )
     print(header)
     print("|" + "---:|" * (header.count("|") - 1))
@@ -136,7 +163,7 @@ def main() -> int:
             f" {m['scrape'] / m['show']:.2f} | {m['scrape'] * 1000 / volumes:.1f} |"
             f" {m['generate_latest']:.2f} | {m['cold']:.2f} | {m['unindexed']:.2f} |"
             f" {m['unindexed'] / m['show']:.2f} | {m['usage_all']:.2f} | {m['list']:.2f} |"
-            f" {m['exposition']:.2f} |"
+            f" {m['exposition']:.2f} | {m['exposition_library']:.2f} | {m['exposition_native']:.2f} |"
         )
     return 0
 
