@@ -157,13 +157,12 @@ def _mapped(method: str, inner: Behaviour, observer: RpcObserver) -> Behaviour:
 
 def _ended_code(context: grpc.ServicerContext) -> grpc.StatusCode:
     """OK, unless the call ended while the servicer worked: the deadline passed or the client went away
-    (the client got that code, and the response goes nowhere)."""
-    if context.is_active():
-        return grpc.StatusCode.OK
+    (the client got that code, and the response goes nowhere). The deadline is read first: the
+    cancellation it causes reaches is_active() only when grpc's own thread has seen it."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
 
 
 def _log_rpc(

@@ -179,11 +179,20 @@ def test_one_json_line_per_rpc_without_secrets(fake_pool: Pool, socket_dir: Path
 
 
 class Observed:
-    """The RPC metrics as the driver wires them (btrfs_exporter.rpc), in a registry of their own."""
+    """The RPC metrics as the driver wires them (btrfs_exporter.rpc), in a registry of their own, and a
+    semaphore released after each report of a finished call."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.metrics = RpcMetrics(self.registry)
+        self.reported = threading.Semaphore(0)
+
+    def started(self, method: str) -> None:
+        self.metrics.started(method)
+
+    def finished(self, method: str, code: str, seconds: float) -> None:
+        self.metrics.finished(method, code, seconds)
+        self.reported.release()
 
     def count(self, method: str, code: str) -> float:
         value = self.registry.get_sample_value(
@@ -222,7 +231,7 @@ def test_the_observer_is_told_every_rpc_and_the_code_the_client_got(
     def broken(volume_id: str) -> Any:
         raise RuntimeError("a bug")
 
-    client, stop = serve(PoolWrapper(fake_pool, get_volume=broken), socket_dir, observed.metrics)
+    client, stop = serve(PoolWrapper(fake_pool, get_volume=broken), socket_dir, observed)
     try:
         codes = [
             code_of(client.identity.Probe, csi_pb2.ProbeRequest()),
@@ -288,7 +297,7 @@ def test_in_flight_counts_calls_being_served(fake_pool: Pool, socket_dir: Path) 
         release.wait(30)
         return fake_pool.create_volume(*args, **kwargs)
 
-    client, stop = serve(PoolWrapper(fake_pool, create_volume=slow_create), socket_dir, observed.metrics)
+    client, stop = serve(PoolWrapper(fake_pool, create_volume=slow_create), socket_dir, observed)
     try:
         call = client.controller.CreateVolume.future(request("slow"), timeout=60)
         assert entered.wait(30)
@@ -309,18 +318,21 @@ def test_a_deadline_that_passes_mid_call_is_recorded_as_such(fake_pool: Pool, so
     def slow_create(*args: Any, **kwargs: Any) -> Any:
         entered = time.monotonic()
         release.wait(30)
+        # The server's deadline is at most 0.2 s after this call arrived: past it before returning.
+        time.sleep(max(0.0, entered + 0.3 - time.monotonic()))
         worked.append(time.monotonic() - entered)
         return fake_pool.create_volume(*args, **kwargs)
 
-    client, stop = serve(PoolWrapper(fake_pool, create_volume=slow_create), socket_dir, observed.metrics)
+    client, stop = serve(PoolWrapper(fake_pool, create_volume=slow_create), socket_dir, observed)
     try:
         with pytest.raises(grpc.RpcError) as late:
             client.controller.CreateVolume(request("slow"), timeout=0.2)
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         release.set()  # the servicer finishes only now, after the client gave up
+        assert observed.reported.acquire(timeout=30)
     finally:
         release.set()
-        stop()  # waits for the call to finish
+        stop()
     assert observed.counts() == {("CreateVolume", "DEADLINE_EXCEEDED"): 1.0}
     assert observed.seconds() >= worked[0]  # the time the server spent, not the client's deadline
     assert observed.in_flight() == 0
@@ -328,7 +340,7 @@ def test_a_deadline_that_passes_mid_call_is_recorded_as_such(fake_pool: Pool, so
 
 def test_unknown_methods_are_not_observed(fake_pool: Pool, socket_dir: Path) -> None:
     observed = Observed()
-    _, stop = serve(fake_pool, socket_dir, observed.metrics)
+    _, stop = serve(fake_pool, socket_dir, observed)
     try:
         with grpc.insecure_channel(f"unix://{socket_dir / 'csi.sock'}") as channel:
             call = channel.unary_unary("/csi.v1.Controller/Missing", None, None)
@@ -342,7 +354,7 @@ def test_unknown_methods_are_not_observed(fake_pool: Pool, socket_dir: Path) -> 
 
 def test_many_concurrent_calls_are_all_counted(fake_pool: Pool, socket_dir: Path) -> None:
     observed = Observed()
-    client, stop = serve(fake_pool, socket_dir, observed.metrics)
+    client, stop = serve(fake_pool, socket_dir, observed)
     calls: list[tuple[Callable[..., Any], Any]] = [
         (client.identity.Probe, csi_pb2.ProbeRequest()),
         (client.controller.DeleteVolume, csi_pb2.DeleteVolumeRequest()),
