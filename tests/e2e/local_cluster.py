@@ -215,6 +215,7 @@ class LocalCluster:
     def up(self) -> None:
         started = time.monotonic()
         self.preflight()
+        shutil.rmtree(self.logs, ignore_errors=True)  # this run's logs only, for diagnostics
         for d in (self.work, self.logs, self.pids):
             d.mkdir(parents=True, exist_ok=True)
         self.save_sysctls()
