@@ -5,7 +5,7 @@ import errno
 from pathlib import Path
 from typing import Protocol
 
-from btrfs_core import filesystem, quota, subvolume
+from btrfs_core import filesystem, mounts, quota, subvolume
 from btrfs_core.errors import KernelError
 from btrfs_core.models import FsUsage, PoolSpace, QgroupUsage, QuotaMode, QuotaStatus, SubvolumeInfo
 
@@ -16,6 +16,13 @@ class Backend(Protocol):
     metadata_xattr: str
 
     def check(self) -> str | None: ...
+    def read_only(self) -> bool: ...  # the pool is mounted read-only
+    # None when the object has no such attribute; a failure to read is raised, never None.
+    def read_xattr(self, path: Path, name: str) -> bytes | None: ...
+    def write_xattr(self, path: Path, name: str, value: bytes) -> None: ...
+    def remove_xattr(self, path: Path, name: str) -> None: ...  # absent is fine
+    def list_dir(self, path: Path) -> list[str]: ...
+    def published_targets(self, path: Path) -> list[str]: ...  # where path is bind-mounted
     # qgroup: the level-1 qgroup the new subvolume's qgroup joins in the same transaction.
     def create_subvolume(self, path: Path, qgroup: int | None = None) -> None: ...
     def snapshot(self, source: Path, path: Path, readonly: bool, qgroup: int | None = None) -> None: ...
@@ -46,7 +53,32 @@ class Backend(Protocol):
     def sync(self) -> None: ...
 
 
-class KernelBackend:
+class PlainFiles:
+    """The plain file calls of both backends: the fake's subvolumes are directories, its metadata
+    extended attributes and its pool a mounted filesystem too."""
+
+    root: Path
+
+    def read_only(self) -> bool:
+        return filesystem.read_only(self.root)
+
+    def read_xattr(self, path: Path, name: str) -> bytes | None:
+        return filesystem.read_xattr(path, name)
+
+    def write_xattr(self, path: Path, name: str, value: bytes) -> None:
+        filesystem.write_xattr(path, name, value)
+
+    def remove_xattr(self, path: Path, name: str) -> None:
+        filesystem.remove_xattr(path, name)
+
+    def list_dir(self, path: Path) -> list[str]:
+        return filesystem.list_dir(path)
+
+    def published_targets(self, path: Path) -> list[str]:
+        return mounts.published_targets(path)
+
+
+class KernelBackend(PlainFiles):
     """btrfs through the kernel's ioctls, for the filesystem mounted at root."""
 
     metadata_xattr = "trusted.btrfs-csi"

@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+from btrfs_core.backend import PlainFiles
 from btrfs_core.errors import AlreadyExists, InUse, InvalidArgument, KernelError, NotFound
 from btrfs_core.models import (
     BlockGroups,
@@ -26,7 +27,7 @@ _LEVEL1 = 1 << 48
 _TOP_LEVEL = 5
 
 
-class FakeBackend:
+class FakeBackend(PlainFiles):
     metadata_xattr = "user.btrfs-csi"
 
     def __init__(self, root: Path, size: int = 1 << 30) -> None:

@@ -1,4 +1,5 @@
-"""The filesystem as a whole: is it btrfs, how big and how full, and commit to disk."""
+"""The filesystem as a whole: is it btrfs, how big and how full, commit to disk; and the plain file
+calls the pool makes (extended attributes, directory listings), with failures as typed errors."""
 
 import errno
 import os
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from btrfs_core import ioctl, mounts
 from btrfs_core.errors import KernelError
+from btrfs_core.ioctl import error_from_os
 from btrfs_core.models import BlockGroups, FsUsage, PoolSpace
 from btrfs_core.subvolume import opened
 
@@ -29,6 +31,45 @@ def usage(path: Path) -> FsUsage:
         used=(st.f_blocks - st.f_bfree) * st.f_frsize,
         free=st.f_bavail * st.f_frsize,
     )
+
+
+def read_only(path: Path) -> bool:
+    """The filesystem at path is mounted read-only."""
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def read_xattr(path: Path, name: str) -> bytes | None:
+    """An extended attribute's value; None when the object has no such attribute. Any other
+    failure (EIO, EACCES, ...) is raised: it says nothing about whether the attribute exists."""
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        raise error_from_os("read metadata", str(path), exc) from None
+
+
+def write_xattr(path: Path, name: str, value: bytes) -> None:
+    try:
+        os.setxattr(path, name, value, follow_symlinks=False)
+    except OSError as exc:
+        raise error_from_os("write metadata", str(path), exc) from None
+
+
+def remove_xattr(path: Path, name: str) -> None:
+    """Removes an extended attribute; one that is not there is fine."""
+    try:
+        os.removexattr(path, name, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise error_from_os("remove metadata", str(path), exc) from None
+
+
+def list_dir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError as exc:
+        raise error_from_os("list", str(path), exc) from None
 
 
 def sync(path: Path) -> None:

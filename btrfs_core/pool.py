@@ -8,22 +8,20 @@ debris that opening the pool removes. Every mutating call commits the transactio
 import contextlib
 import errno
 import fcntl
-import hashlib
-import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from btrfs_core import mounts, quota
+from btrfs_core import health, ids, metadata, quota
 from btrfs_core.backend import Backend, KernelBackend
 from btrfs_core.capacity import Ledger, Promise, available_bytes
+from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import (
     AlreadyExists,
     BtrfsCoreError,
@@ -55,15 +53,6 @@ from btrfs_core.models import (
 MIN_VOLUME_BYTES = 1 << 20
 DEFAULT_VOLUME_BYTES = 1 << 30  # the capacity of an empty volume asked for without required_bytes
 MAX_VOLUME_BYTES = (1 << 63) - 1
-MAX_NAME_BYTES = 128
-# IDs are directory names: a letter or digit first, so never "." or "..", and no "/" or NUL.
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_PLAIN_NAME_CHARS = 100  # longer names are hashed, leaving room for staging suffixes
-# The shape of a hashed ID: a name of this shape is hashed too, or it would share its ID with the name
-# it is the hash of (two different volumes, one directory).
-_HASHED_ID = re.compile(r"h-[0-9a-f]{40}")
-# Below this many free bytes under its limit a volume counts as full: writes are about to get EDQUOT.
-FULL_MARGIN_BYTES = 128 << 10
 # Each volume's level-1 qgroup is 1/(this bit | 47 random bits): a pod cannot guess a neighbour's to
 # pass it to SUBVOL_CREATE_V2, and the bit tells the driver's qgroups from an operator's own.
 _GROUP_MARK = 1 << 47
@@ -83,52 +72,6 @@ class Debris:
     left: list[str]
 
 
-class _GroupCommit:
-    """Commits on behalf of every caller that changed something before the commit started.
-
-    Concurrent callers share one transaction commit instead of queueing one each.
-    """
-
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self._sync = sync
-        self._commit_lock = threading.Lock()
-        self._counter_lock = threading.Lock()
-        self._requested = 0
-        self._done = 0
-
-    def commit(self) -> None:
-        with self._counter_lock:
-            self._requested += 1
-            ticket = self._requested
-        with self._commit_lock:
-            if self._done >= ticket:
-                return
-            with self._counter_lock:
-                covered = self._requested
-            self._sync()
-            self._done = covered
-
-
-def _object_id(name: str, kind: str) -> str:
-    if not name:
-        raise InvalidArgument(f"{kind} name is empty")
-    if "\x00" in name:
-        raise InvalidArgument(f"{kind} name contains a NUL character")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise InvalidArgument(f"{kind} name is longer than {MAX_NAME_BYTES} bytes")
-    if _ID.fullmatch(name) and len(name) <= _PLAIN_NAME_CHARS and not _HASHED_ID.fullmatch(name):
-        return name
-    return "h-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-
-
-def check_id(object_id: str, kind: str) -> str:
-    """An ID from a request, refused before it can become a path."""
-    if not _ID.fullmatch(object_id):
-        shown = object_id if len(object_id) <= 64 else object_id[:64] + "..."
-        raise InvalidArgument(f"{kind} id {shown!r} is not a valid id")
-    return object_id
-
-
 class Pool:
     def __init__(self, root: Path, backend: Backend, overprovision: float = 1.0) -> None:
         self.root = root
@@ -138,7 +81,8 @@ class Pool:
         self.overprovision = overprovision
         self._fs = backend
         self._lock = threading.Lock()  # guards existence checks, capacity accounting and renames
-        self._commit = _GroupCommit(backend.sync)
+        self._commit = GroupCommit(backend.sync)
+        self._meta = metadata.MetadataStore(backend)
         self._ledger: Ledger | None = None  # read on first use (see _capacities)
         self._exclusive_fd: int | None = None
         self._trash: set[Path] = set()  # renamed into staging by a delete that is still deleting it
@@ -208,7 +152,7 @@ class Pool:
         the kernel has them. The limits come back with repair_quotas."""
         mode = self._fs.quota_status().mode
         if mode is QuotaMode.OFF:
-            recorded = self._recorded_quota_mode()
+            recorded = self._meta.quota_mode(self.root)
             if wanted != "auto":
                 self._fs.enable_quota(QuotaMode(wanted))
             elif recorded is not None:
@@ -228,34 +172,23 @@ class Pool:
                 f"pool {self.root} already uses {mode.value} quotas, not {wanted}; "
                 "switching needs quotas disabled first"
             )
-        if mode is not QuotaMode.OFF and self._recorded_quota_mode() is not mode:
-            self._write_metadata(self.root, {"quota_mode": mode.value}, self._quota_mode_xattr)
-
-    @property
-    def _quota_mode_xattr(self) -> str:
-        return self._fs.metadata_xattr + ".quota-mode"
-
-    def _recorded_quota_mode(self) -> QuotaMode | None:
-        try:
-            mode = QuotaMode(self._read_metadata(self.root, self._quota_mode_xattr).get("quota_mode"))
-        except (NotFound, ValueError):
-            return None
-        return None if mode is QuotaMode.OFF else mode
+        if mode is not QuotaMode.OFF and self._meta.quota_mode(self.root) is not mode:
+            self._meta.record_quota_mode(self.root, mode)
 
     # IDs
 
     @staticmethod
     def volume_id(name: str) -> str:
         """The volume ID for a CSI name: the name itself when safe, else a hash of it."""
-        return _object_id(name, "volume")
+        return ids.object_id(name, "volume")
 
     @staticmethod
     def snapshot_id(name: str) -> str:
-        return _object_id(name, "snapshot")
+        return ids.object_id(name, "snapshot")
 
     def volume_location(self, volume_id: str) -> Path:
         """Where a volume is, or was: volumes/<id>, whether it exists or not."""
-        return self.volumes_dir / check_id(volume_id, "volume")
+        return self.volumes_dir / ids.check_id(volume_id, "volume")
 
     def volume_path(self, volume_id: str) -> Path:
         path = self.volume_location(volume_id)
@@ -264,65 +197,14 @@ class Pool:
         return path
 
     def _snapshot_path(self, snapshot_id: str) -> Path:
-        path = self.snapshots_dir / check_id(snapshot_id, "snapshot")
+        path = self.snapshots_dir / ids.check_id(snapshot_id, "snapshot")
         if not self._fs.is_subvolume(path):
             raise NotFound(f"snapshot {snapshot_id} does not exist")
         return path
 
-    # metadata
-
-    @property
-    def _snapshot_xattr(self) -> str:
-        return self._fs.metadata_xattr + ".snapshot"
-
-    def _write_metadata(self, path: Path, fields: Mapping[str, Any], xattr: str | None = None) -> None:
-        try:
-            os.setxattr(path, xattr or self._fs.metadata_xattr, json.dumps(fields, sort_keys=True).encode())
-        except OSError as exc:
-            raise error_from_os("write metadata", str(path), exc) from None
-
-    def _read_metadata(self, path: Path, xattr: str | None = None) -> dict[str, Any]:
-        try:
-            fields: dict[str, Any] = json.loads(os.getxattr(path, xattr or self._fs.metadata_xattr))
-        except (OSError, ValueError) as exc:
-            raise NotFound(f"{path} has no readable metadata: {exc}") from None
-        return fields
-
-    def _volume_at(self, path: Path) -> Volume:
-        meta = self._read_metadata(path)
-        if meta.get("kind") != "volume":
-            raise NotFound(f"volume {path.name} has no volume metadata")
-        info = self._fs.subvolume_info(path)
-        source = meta.get("source")
-        return Volume(
-            id=path.name,
-            name=meta["name"],
-            capacity=meta["capacity"],
-            source=Source(SourceKind(source["kind"]), source["id"]) if source else None,
-            subvolume_id=info.id,
-            qgroup=_group_of(meta) or info.id,
-            created=info.otime,
-            metadata=dict(meta.get("metadata", {})),
-        )
-
-    def _snapshot_at(self, path: Path) -> Snapshot:
-        meta = self._read_metadata(path, self._snapshot_xattr)
-        if meta.get("kind") != "snapshot":
-            raise NotFound(f"snapshot {path.name} has no snapshot metadata")
-        info = self._fs.subvolume_info(path)
-        return Snapshot(
-            id=path.name,
-            name=meta["name"],
-            source_volume_id=meta["source_volume_id"],
-            size=meta["size"],
-            subvolume_id=info.id,
-            created=info.otime,
-        )
-
-    @staticmethod
-    def _ids(directory: Path) -> list[str]:
+    def _ids(self, directory: Path) -> list[str]:
         """The names in a directory that are IDs this driver could have made, sorted."""
-        return sorted(entry for entry in os.listdir(directory) if _ID.fullmatch(entry))
+        return ids.ids_among(self._fs.list_dir(directory))
 
     def _list(self, directory: Path, read: Callable[[Path], T], ids: Iterable[str] | None) -> list[T]:
         found = []
@@ -330,7 +212,7 @@ class Pool:
             try:
                 found.append(read(directory / entry))
             except NotFound:
-                continue  # vanished meanwhile, or not ours
+                continue  # vanished meanwhile, or not ours; a failure to read is raised
         return found
 
     @property
@@ -345,22 +227,20 @@ class Pool:
         """Every volume's capacity and subvolume: one getxattr and one subvolume-info ioctl each
         (10,000 volumes in well under a second)."""
         found = {}
-        directory = os.fspath(self.volumes_dir)
         for entry in self._ids(self.volumes_dir):
-            path = os.path.join(directory, entry)
+            path = self.volumes_dir / entry
             try:
-                meta = json.loads(os.getxattr(path, self._fs.metadata_xattr))
-                if isinstance(meta, dict) and meta.get("kind") == "volume":
-                    qgroup = _group_of(meta) or self._fs.subvolume_info(Path(path)).id
-                    found[entry] = Promise(int(meta["capacity"]), qgroup)
-            except (OSError, ValueError, NotFound):
-                continue  # vanished meanwhile, or not ours
+                meta = self._meta.volume_meta(path)
+                qgroup = metadata.group_of(meta) or self._fs.subvolume_info(path).id
+            except NotFound:
+                continue  # vanished meanwhile, or not ours; a failure to read is raised
+            found[entry] = Promise(int(meta["capacity"]), qgroup)
         return found
 
     # volumes
 
     def get_volume(self, volume_id: str) -> Volume:
-        return self._volume_at(self.volume_path(volume_id))
+        return self._meta.volume(self.volume_path(volume_id))
 
     def list_volume_ids(self) -> list[str]:
         """The IDs in volumes/, sorted: cheap to page through before reading any volume."""
@@ -368,7 +248,7 @@ class Pool:
 
     def list_volumes(self, ids: Iterable[str] | None = None) -> list[Volume]:
         """Every volume, or those of `ids` that exist (in that order)."""
-        return self._list(self.volumes_dir, self._volume_at, ids)
+        return self._list(self.volumes_dir, self._meta.volume, ids)
 
     def create_volume(
         self,
@@ -388,7 +268,7 @@ class Pool:
         _check_range(required, limit)
         wanted = dict(metadata or {})
         with self._lock:
-            existing = self._existing(self.volumes_dir / volume_id, self._volume_at)
+            existing = self._existing(self.volumes_dir / volume_id, self._meta.volume)
             if existing is not None:
                 _same_volume(existing, name, required, limit, source, wanted)
             else:
@@ -448,7 +328,7 @@ class Pool:
             )
 
     def _build_volume(
-        self, volume_id: str, name: str, capacity: int, source: Source | None, metadata: dict[str, str]
+        self, volume_id: str, name: str, capacity: int, source: Source | None, meta: dict[str, str]
     ) -> Volume:
         origin = self._source_path(source, capacity)
         self._check_writable(limits=True)
@@ -467,16 +347,8 @@ class Pool:
                 self._fs.snapshot(origin, staged, readonly=False, qgroup=group)
                 if source and source.kind is SourceKind.VOLUME:  # one a pod nested meanwhile
                     self._refuse_nested(origin, f"volume {source.id}")
-            fields = {
-                "kind": "volume",
-                "name": name,
-                "capacity": capacity,
-                "qgroup": group,
-                "source": {"kind": source.kind.value, "id": source.id} if source else None,
-                "metadata": metadata,
-            }
-            self._write_metadata(staged, fields)
-            _remove_xattr(staged, self._snapshot_xattr)  # copied from a snapshot source
+            self._meta.write(staged, metadata.volume_fields(name, capacity, group, source, meta))
+            self._meta.forget_snapshot(staged)  # copied from a snapshot source
             # The limit on the level-1 qgroup only: a read-only snapshot of the volume inherits
             # nothing from its 0/N.
             self._capacities.put(volume_id, capacity, group)
@@ -488,7 +360,7 @@ class Pool:
             if group is not None:
                 self._drop_group(group)
             raise
-        volume = self._volume_at(self.volumes_dir / volume_id)
+        volume = self._meta.volume(self.volumes_dir / volume_id)
         self._group_of_subvolume()[volume.subvolume_id] = group
         if origin is not None:
             # Full qgroups: a snapshot joining a new qgroup leaves its counters inconsistent.
@@ -533,10 +405,10 @@ class Pool:
             return None
         if source.kind is SourceKind.SNAPSHOT:
             path = self._snapshot_path(source.id)
-            size = self._snapshot_at(path).size
+            size = self._meta.snapshot(path).size
         else:
             path = self.volume_path(source.id)
-            size = self._volume_at(path).capacity
+            size = self._meta.volume(path).capacity
             self._refuse_nested(path, f"volume {source.id}")
         if capacity < size:
             raise CapacityOutOfRange(
@@ -592,7 +464,7 @@ class Pool:
 
     def read_only(self) -> bool:
         """The pool is mounted read-only: neither the driver nor any pod can write to it."""
-        return bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
+        return self._fs.read_only()
 
     def release_vanished_volumes(self) -> list[str]:
         """Forgets the capacity of volumes deleted behind the driver's back (a subvolume deleted by
@@ -618,12 +490,12 @@ class Pool:
         with self._lock:
             trash = None
             if self._fs.is_subvolume(path):
-                published = mounts.published_targets(path)
+                published = self._fs.published_targets(path)
                 if published:
                     raise InUse(f"volume {volume_id} is still published at {published[0]}")
                 self._check_writable()
-                with contextlib.suppress(NotFound):
-                    group = _group_of(self._read_metadata(path))
+                with contextlib.suppress(NotFound):  # not ours; a failure to read is raised
+                    group = metadata.group_of(self._meta.read(path))
                 info = self._fs.subvolume_info(path)
                 if info.readonly:
                     # Made read-only from inside (its owner may): it could not leave volumes/ (EROFS).
@@ -651,7 +523,7 @@ class Pool:
         _check_capacity(capacity)
         with self._lock:
             path = self.volume_path(volume_id)
-            volume = self._volume_at(path)
+            volume = self._meta.volume(path)
             if limit is not None and volume.capacity > limit:
                 raise CapacityOutOfRange(
                     f"volume {volume_id} has {volume.capacity} bytes, more than the limit {limit}: "
@@ -662,35 +534,35 @@ class Pool:
                 self._reserve(volume_id, capacity)
                 try:
                     self._fs.set_limit(volume.qgroup, capacity)
-                    meta = self._read_metadata(path)
+                    meta = self._meta.read(path)
                     meta["capacity"] = capacity
-                    self._write_metadata(path, meta)
+                    self._meta.write(path, meta)
                 except BaseException:
                     self._capacities.put(volume_id, volume.capacity, volume.qgroup)
                     with contextlib.suppress(BtrfsCoreError):  # back to the limit it has promised
                         self._fs.set_limit(volume.qgroup, volume.capacity)
                     raise
-                volume = self._volume_at(path)
+                volume = self._meta.volume(path)
         self._commit.commit()
         return volume
 
     # snapshots
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        return self._snapshot_at(self._snapshot_path(snapshot_id))
+        return self._meta.snapshot(self._snapshot_path(snapshot_id))
 
     def list_snapshot_ids(self) -> list[str]:
         return self._ids(self.snapshots_dir)
 
     def list_snapshots(self, ids: Iterable[str] | None = None) -> list[Snapshot]:
-        return self._list(self.snapshots_dir, self._snapshot_at, ids)
+        return self._list(self.snapshots_dir, self._meta.snapshot, ids)
 
     def create_snapshot(self, name: str, source_volume_id: str) -> Snapshot:
         """A read-only snapshot of a volume. Idempotent by name; another source is AlreadyExists."""
         snapshot_id = self.snapshot_id(name)
-        check_id(source_volume_id, "volume")
+        ids.check_id(source_volume_id, "volume")
         with self._lock:
-            existing = self._existing(self.snapshots_dir / snapshot_id, self._snapshot_at)
+            existing = self._existing(self.snapshots_dir / snapshot_id, self._meta.snapshot)
             if existing is not None:
                 if existing.name != name or existing.source_volume_id != source_volume_id:
                     raise AlreadyExists(
@@ -715,19 +587,19 @@ class Pool:
         # charged to, the source, which may be full to its limit or made read-only by its owner.
         origin = self.volumes_dir / source.id
         self._refuse_nested(origin, f"volume {source.id}")
-        fields = {"kind": "snapshot", "name": name, "source_volume_id": source.id, "size": source.capacity}
+        fields = metadata.snapshot_fields(name, source.id, source.capacity)
         staged = self.snapshots_dir / f".{snapshot_id}.{secrets.token_hex(4)}"
         try:
             self._fs.snapshot(origin, staged, readonly=False)
             self._refuse_nested(origin, f"volume {source.id}")  # one made while the snapshot was taken
             self._clear_limit(self._fs.subvolume_info(staged).id)  # full qgroups copy the source's
-            self._write_metadata(staged, fields, self._snapshot_xattr)
+            self._meta.write(staged, fields, self._meta.snapshot_xattr)
             self._fs.set_readonly(staged, True)
             self._fs.rename(staged, self.snapshots_dir / snapshot_id)
         except BaseException:
             self._discard(staged)
             raise
-        return self._snapshot_at(self.snapshots_dir / snapshot_id)
+        return self._meta.snapshot(self.snapshots_dir / snapshot_id)
 
     def _refuse_nested(self, path: Path, what: str) -> None:
         """NestedSubvolumes when the subvolume at path holds any: a btrfs snapshot is not recursive,
@@ -750,7 +622,7 @@ class Pool:
             self._fs.set_limit(subvolume_id, None)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        path = self.snapshots_dir / check_id(snapshot_id, "snapshot")
+        path = self.snapshots_dir / ids.check_id(snapshot_id, "snapshot")
         with self._lock:
             # One ioctl unlinks it atomically (a snapshot holds no nested subvolumes), and a
             # read-only subvolume could not be renamed out of sight anyway.
@@ -764,7 +636,7 @@ class Pool:
     def volume_usage(self, volume_id: str) -> QgroupUsage:
         """A volume's usage and limit: those of the qgroup that carries its limit, which holds
         everything nested in it too. The one way to read a volume's usage (see volumes_usage)."""
-        return self._fs.usage(self._qgroup_at(self.volume_path(volume_id)))
+        return self._fs.usage(self._meta.qgroup_at(self.volume_path(volume_id)))
 
     def volumes_usage(self, volumes: Iterable[Volume]) -> dict[str, QgroupUsage]:
         """volume_usage of many volumes in one pass over the quota tree, by volume id (a volume whose
@@ -786,13 +658,6 @@ class Pool:
             return volume.qgroup
         return self._volume_groups.get(volume.subvolume_id, volume.qgroup)
 
-    def _qgroup_at(self, path: Path) -> int:
-        try:
-            group = _group_of(self._read_metadata(path))
-        except NotFound:
-            group = None
-        return group or self._fs.subvolume_info(path).id
-
     def usage_all(self) -> dict[int, QgroupUsage]:
         """Every subvolume's usage and limit in one pass, by subvolume id."""
         return self._fs.usage_all()
@@ -808,7 +673,7 @@ class Pool:
         path = self.volume_location(volume_id)
         if not self._fs.is_subvolume(path):
             return VolumeHealth(True, f"subvolume volumes/{volume_id} is missing")
-        return self._health(volume_id, self._qgroup_at(path), self._pool_health())
+        return self._health(volume_id, self._meta.qgroup_at(path), self._pool_health())
 
     def volumes_health(self, volumes: Sequence[Volume]) -> list[VolumeHealth]:
         """volume_health of many volumes (a page of ListVolumes), the pool itself looked at once."""
@@ -816,21 +681,8 @@ class Pool:
         return [self._health(volume.id, self._current_qgroup(volume), pool) for volume in volumes]
 
     def _pool_health(self) -> VolumeHealth | None:
-        """What is wrong with the whole pool, if anything: every volume suffers from it."""
-        if self.read_only():
-            return VolumeHealth(True, f"pool {self.root} is mounted read-only")
-        if self._fs.fs_usage().free < FULL_MARGIN_BYTES:
-            return VolumeHealth(True, f"pool {self.root} has no free space left: writes fail with ENOSPC")
-        status = self._fs.quota_status()
-        if status.mode is QuotaMode.OFF:
-            return VolumeHealth(
-                True, f"quotas are off on pool {self.root}: no qgroup enforces any volume's capacity"
-            )
-        if status.inconsistent:
-            return VolumeHealth(
-                True, "qgroup accounting is inconsistent: limits are not enforced until a rescan ends"
-            )
-        return None
+        fs = self._fs
+        return health.pool_health(self.root, fs.read_only(), fs.fs_usage(), fs.quota_status())
 
     def _health(self, volume_id: str, qgroup: int, pool: VolumeHealth | None) -> VolumeHealth:
         if pool is not None:
@@ -838,13 +690,13 @@ class Pool:
         try:
             usage = self._fs.usage(qgroup)
         except NotFound:
-            return VolumeHealth(True, f"volume {volume_id} has no qgroup: its capacity is not enforced")
-        return _usage_health(volume_id, usage)
+            return health.missing_qgroup(volume_id)
+        return health.usage_health(volume_id, usage)
 
     def volume_stats(self, volume_id: str) -> tuple[QgroupUsage, VolumeHealth]:
         """A volume's usage and its health, the qgroup read once (NodeGetVolumeStats, polled often)."""
         usage = self.volume_usage(volume_id)
-        return usage, self._pool_health() or _usage_health(volume_id, usage)
+        return usage, self._pool_health() or health.usage_health(volume_id, usage)
 
     # housekeeping
 
@@ -873,8 +725,10 @@ class Pool:
     def _debris(self) -> list[Path]:
         """Needs the lock: staging entries but those a delete in progress removes itself, and the
         snapshots that a crash left half-made under their hidden names."""
-        staged = [entry for entry in sorted(self.staging_dir.iterdir()) if entry not in self._trash]
-        hidden = [entry for entry in sorted(self.snapshots_dir.iterdir()) if entry.name.startswith(".")]
+        staged = [self.staging_dir / name for name in sorted(self._fs.list_dir(self.staging_dir))]
+        staged = [entry for entry in staged if entry not in self._trash]
+        hidden = [self.snapshots_dir / name for name in sorted(self._fs.list_dir(self.snapshots_dir))]
+        hidden = [entry for entry in hidden if entry.name.startswith(".")]
         return staged + [entry for entry in hidden if self._fs.is_subvolume(entry)]
 
     def _remove(self, entry: Path) -> None:
@@ -957,9 +811,9 @@ class Pool:
         if group < quota.LEVEL1:
             group = self._new_group()
             path = self.volumes_dir / volume.id
-            meta = self._read_metadata(path)
+            meta = self._meta.read(path)
             meta["qgroup"] = group
-            self._write_metadata(path, meta)  # from here on the qgroup is the volume's, not an orphan
+            self._meta.write(path, meta)  # from here on the qgroup is the volume's, not an orphan
             self._fs.assign_qgroup(volume.subvolume_id, group, True)
             if self._ledger is not None:
                 self._ledger.put(volume.id, volume.capacity, group)
@@ -1115,27 +969,3 @@ def _shortened(relative: str) -> str:
         return relative
     half = _SHOWN_CHARS // 2
     return f"{relative[:half]}...{relative[-half:]}"
-
-
-def _group_of(meta: Mapping[str, Any]) -> int | None:
-    """The level-1 qgroup a volume's metadata names; None for a volume made before there were any."""
-    group = meta.get("qgroup")
-    return group if isinstance(group, int) and group >= quota.LEVEL1 else None
-
-
-def _remove_xattr(path: Path, xattr: str) -> None:
-    try:
-        os.removexattr(path, xattr)
-    except OSError as exc:
-        if exc.errno != errno.ENODATA:
-            raise
-
-
-def _usage_health(volume_id: str, usage: QgroupUsage) -> VolumeHealth:
-    if usage.limit is None:
-        return VolumeHealth(True, f"volume {volume_id} has no qgroup limit: its capacity is not enforced")
-    if usage.referenced + FULL_MARGIN_BYTES >= usage.limit:
-        return VolumeHealth(
-            True, f"volume {volume_id} is full: {usage.referenced} of {usage.limit} bytes used"
-        )
-    return VolumeHealth(False, "volume is healthy")

@@ -14,8 +14,8 @@ from typing import TypeVar
 
 from btrfs_core import mounts
 from btrfs_core.errors import InvalidArgument
+from btrfs_core.ids import check_id
 from btrfs_core.models import Source, SourceKind
-from btrfs_core.pool import check_id
 from btrfs_core.text import shortened
 from csi.errors import aborted, invalid, out_of_range, resource_exhausted
 from csi.pb import csi_pb2

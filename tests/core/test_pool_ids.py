@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from btrfs_core.errors import InvalidArgument
-from btrfs_core.pool import MAX_NAME_BYTES, Pool, check_id
+from btrfs_core.ids import MAX_NAME_BYTES, check_id
+from btrfs_core.pool import Pool
 
 
 def _hashed(name: str) -> str:

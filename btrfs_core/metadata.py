@@ -1,0 +1,156 @@
+"""The on-disk metadata of volumes and snapshots, in one place.
+
+Each object's metadata is one JSON object in an extended attribute of its subvolume's root directory
+(the backend names the attribute: trusted.* on the kernel, where a pod can neither read nor forge it):
+
+    volume    <xattr>           {"version", "kind": "volume", "name", "capacity", "qgroup", "source",
+                                 "metadata"}
+    snapshot  <xattr>.snapshot  {"version", "kind": "snapshot", "name", "source_volume_id", "size"}
+    pool root <xattr>.quota-mode {"version", "quota_mode"}
+
+A snapshot's metadata has its own attribute so that a restore, which copies the snapshot's attributes,
+never mistakes it for its own. Metadata written before the version field existed has the fields of
+version 1 and reads as such.
+
+Reading tells a refusal from a failure: an object without our attribute is not ours (NotFound); an
+attribute that cannot be read (EIO, EACCES, ...) is a failure and raised as one, never taken for absence.
+"""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from btrfs_core import quota
+from btrfs_core.errors import BtrfsCoreError, NotFound
+from btrfs_core.models import QuotaMode, Snapshot, Source, SourceKind, SubvolumeInfo, Volume
+
+VERSION = 1
+
+
+class XattrBackend(Protocol):
+    metadata_xattr: str
+
+    def read_xattr(self, path: Path, name: str) -> bytes | None: ...
+    def write_xattr(self, path: Path, name: str, value: bytes) -> None: ...
+    def remove_xattr(self, path: Path, name: str) -> None: ...
+    def subvolume_info(self, path: Path) -> SubvolumeInfo: ...
+
+
+def encode(fields: Mapping[str, Any]) -> bytes:
+    return json.dumps({**fields, "version": VERSION}, sort_keys=True).encode()
+
+
+def decode(raw: bytes, where: Path) -> dict[str, Any]:
+    """The fields of one attribute's value; NotFound when it is not metadata of ours."""
+    try:
+        fields = json.loads(raw)
+    except ValueError as exc:
+        raise NotFound(f"{where} has no readable metadata: {exc}") from None
+    if not isinstance(fields, dict):
+        raise NotFound(f"{where} has no readable metadata: not a JSON object")
+    version = fields.get("version", 1)
+    if not isinstance(version, int) or version > VERSION:
+        raise BtrfsCoreError(f"{where}: metadata version {version!r} is newer than this driver's ({VERSION})")
+    return fields
+
+
+def volume_fields(
+    name: str, capacity: int, qgroup: int, source: Source | None, metadata: Mapping[str, str]
+) -> dict[str, Any]:
+    return {
+        "kind": "volume",
+        "name": name,
+        "capacity": capacity,
+        "qgroup": qgroup,
+        "source": {"kind": source.kind.value, "id": source.id} if source else None,
+        "metadata": dict(metadata),
+    }
+
+
+def snapshot_fields(name: str, source_volume_id: str, size: int) -> dict[str, Any]:
+    return {"kind": "snapshot", "name": name, "source_volume_id": source_volume_id, "size": size}
+
+
+def group_of(meta: Mapping[str, Any]) -> int | None:
+    """The level-1 qgroup a volume's metadata names; None for a volume made before there were any."""
+    group = meta.get("qgroup")
+    return group if isinstance(group, int) and group >= quota.LEVEL1 else None
+
+
+class MetadataStore:
+    """Reads and writes the metadata of the objects of one pool through its backend."""
+
+    def __init__(self, backend: XattrBackend) -> None:
+        self._fs = backend
+        self.volume_xattr = backend.metadata_xattr
+        self.snapshot_xattr = backend.metadata_xattr + ".snapshot"
+        self.quota_mode_xattr = backend.metadata_xattr + ".quota-mode"
+
+    def read(self, path: Path, xattr: str | None = None) -> dict[str, Any]:
+        raw = self._fs.read_xattr(path, xattr or self.volume_xattr)
+        if raw is None:
+            raise NotFound(f"{path} has no metadata of this driver")
+        return decode(raw, path)
+
+    def write(self, path: Path, fields: Mapping[str, Any], xattr: str | None = None) -> None:
+        self._fs.write_xattr(path, xattr or self.volume_xattr, encode(fields))
+
+    def forget_snapshot(self, path: Path) -> None:
+        """Removes snapshot metadata a restore copied from its source."""
+        self._fs.remove_xattr(path, self.snapshot_xattr)
+
+    def volume_meta(self, path: Path) -> dict[str, Any]:
+        meta = self.read(path)
+        if meta.get("kind") != "volume":
+            raise NotFound(f"volume {path.name} has no volume metadata")
+        return meta
+
+    def volume(self, path: Path) -> Volume:
+        meta = self.volume_meta(path)
+        info = self._fs.subvolume_info(path)
+        source = meta.get("source")
+        return Volume(
+            id=path.name,
+            name=meta["name"],
+            capacity=meta["capacity"],
+            source=Source(SourceKind(source["kind"]), source["id"]) if source else None,
+            subvolume_id=info.id,
+            qgroup=group_of(meta) or info.id,
+            created=info.otime,
+            metadata=dict(meta.get("metadata", {})),
+        )
+
+    def snapshot(self, path: Path) -> Snapshot:
+        meta = self.read(path, self.snapshot_xattr)
+        if meta.get("kind") != "snapshot":
+            raise NotFound(f"snapshot {path.name} has no snapshot metadata")
+        info = self._fs.subvolume_info(path)
+        return Snapshot(
+            id=path.name,
+            name=meta["name"],
+            source_volume_id=meta["source_volume_id"],
+            size=meta["size"],
+            subvolume_id=info.id,
+            created=info.otime,
+        )
+
+    def qgroup_at(self, path: Path) -> int:
+        """The qgroup that carries the limit of the volume at path: its level-1 qgroup, or its own
+        level-0 one when it has none yet (made before level-1 qgroups, or not ours)."""
+        try:
+            group = group_of(self.read(path))
+        except NotFound:
+            group = None
+        return group or self._fs.subvolume_info(path).id
+
+    def quota_mode(self, root: Path) -> QuotaMode | None:
+        """The quota mode recorded on the pool's root, None when none is."""
+        try:
+            mode = QuotaMode(self.read(root, self.quota_mode_xattr).get("quota_mode"))
+        except (NotFound, ValueError):
+            return None
+        return None if mode is QuotaMode.OFF else mode
+
+    def record_quota_mode(self, root: Path, mode: QuotaMode) -> None:
+        self.write(root, {"quota_mode": mode.value}, self.quota_mode_xattr)
