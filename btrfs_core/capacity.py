@@ -21,10 +21,18 @@ The reserve is the global reserve plus 1/64 of the data capacity (room for files
 and up); only what the metadata block groups cannot hold already is taken from unallocated space.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-from btrfs_core.models import PoolSpace
+from btrfs_core.errors import CapacityOutOfRange, InsufficientCapacity, NotFound
+from btrfs_core.metadata import MetadataStore, group_of
+from btrfs_core.models import PoolSpace, Source, SubvolumeInfo
+
+MIN_VOLUME_BYTES = 1 << 20
+DEFAULT_VOLUME_BYTES = 1 << 30  # the capacity of an empty volume asked for without required_bytes
+MAX_VOLUME_BYTES = (1 << 63) - 1
 
 # Metadata kept free per byte of data the pool can hold: covers the checksums and extent items of
 # files of about 64 KiB and larger (see the module docstring for the measurements).
@@ -85,3 +93,139 @@ class Ledger:
             for vid, promise in self._by_id.items()
             if vid != exclude
         )
+
+
+class SpaceBackend(Protocol):
+    def space(self) -> PoolSpace: ...
+    def subvolume_info(self, path: Path) -> SubvolumeInfo: ...
+    def exclusive_all(self) -> dict[int, int]: ...
+
+
+def check_capacity(capacity: int) -> None:
+    if not MIN_VOLUME_BYTES <= capacity <= MAX_VOLUME_BYTES:
+        raise CapacityOutOfRange(
+            f"capacity {capacity} is outside {MIN_VOLUME_BYTES}..{MAX_VOLUME_BYTES} bytes"
+        )
+
+
+def check_range(required: int, limit: int) -> None:
+    if required < 0 or limit < 0:
+        raise CapacityOutOfRange("capacity_range: required_bytes and limit_bytes must not be negative")
+    if limit and limit < required:
+        raise CapacityOutOfRange(f"capacity_range: limit_bytes {limit} is below required_bytes {required}")
+
+
+def capacity_for(required: int, limit: int, source: Source | None, size: int) -> int:
+    """The capacity of a new volume: `required` (at least the smallest volume); without it the
+    source's size (`size`), or DEFAULT_VOLUME_BYTES cut to the limit. Never below the source's size (its
+    data could not be written back), never above the limit: CapacityOutOfRange."""
+    if required:
+        capacity = max(required, MIN_VOLUME_BYTES)
+        if source is not None and capacity < size:
+            raise CapacityOutOfRange(
+                f"capacity_range: required_bytes {required} is smaller than {source.kind.value} "
+                f"{source.id} ({size} bytes)"
+            )
+    else:
+        capacity = max(size or min(DEFAULT_VOLUME_BYTES, limit or DEFAULT_VOLUME_BYTES), MIN_VOLUME_BYTES)
+    if limit and capacity > limit:
+        raise CapacityOutOfRange(
+            f"capacity_range: limit_bytes {limit} is below {capacity} bytes, the least this volume "
+            "can have (the smallest volume, or its source's size)"
+        )
+    check_capacity(capacity)
+    return capacity
+
+
+class Capacities:
+    """The pool's promises: the ledger, read from the volumes' metadata on first use, and the checks
+    a new or grown volume must pass. Every method needs the pool's lock."""
+
+    def __init__(
+        self,
+        backend: SpaceBackend,
+        meta: MetadataStore,
+        overprovision: float,
+        volume_paths: Callable[[], list[Path]],
+    ) -> None:
+        self._fs = backend
+        self._meta = meta
+        self._overprovision = overprovision
+        self._volume_paths = volume_paths
+        self._ledger: Ledger | None = None  # read on first use (see ledger)
+
+    @property
+    def ledger(self) -> Ledger:
+        """Every volume's capacity, read from the pool on first use: the driver answers Probe before
+        it has read 10,000 volumes' metadata; the first create pays for it."""
+        if self._ledger is None:
+            self._ledger = Ledger(self._scan())
+        return self._ledger
+
+    def _scan(self) -> dict[str, Promise]:
+        """Every volume's capacity and qgroup: one getxattr and one subvolume-info ioctl each
+        (10,000 volumes in well under a second)."""
+        found = {}
+        for path in self._volume_paths():
+            try:
+                meta = self._meta.volume_meta(path)
+                qgroup = group_of(meta) or self._fs.subvolume_info(path).id
+            except NotFound:
+                continue  # vanished meanwhile, or not ours; a failure to read is raised
+            found[path.name] = Promise(int(meta["capacity"]), qgroup)
+        return found
+
+    def put(self, volume_id: str, capacity: int, qgroup: int | None = None) -> None:
+        self.ledger.put(volume_id, capacity, qgroup)
+
+    def pop(self, volume_id: str) -> None:
+        self.ledger.pop(volume_id)
+
+    def migrated(self, volume_id: str, capacity: int, qgroup: int) -> None:
+        """A volume moved to its own level-1 qgroup (nothing to do before the first read)."""
+        if self._ledger is not None:
+            self._ledger.put(volume_id, capacity, qgroup)
+
+    def reserve(self, volume_id: str, size: int) -> None:
+        """Accounts capacity for a volume, or refuses when the pool cannot hold it.
+
+        Only what the volume has not written yet needs room (it has, when it grows).
+        """
+        written = self._written_by_volume()
+        available = self._available(written, exclude=volume_id)
+        needed = size - written.get(volume_id, 0)
+        if needed > available:
+            raise InsufficientCapacity(
+                f"volume {volume_id}: {size} bytes requested, {needed} of them not written yet; "
+                f"the pool has {available} available"
+            )
+        promise = self.ledger.get(volume_id)
+        self.ledger.put(volume_id, size, promise.qgroup if promise else None)
+
+    def available(self) -> int:
+        """The largest volume that can be created now."""
+        return self._available(self._written_by_volume())
+
+    def release_vanished(self, existing: list[str]) -> list[str]:
+        """Forgets the volumes of the ledger that are not among `existing` ids; returns them."""
+        if self._ledger is None:
+            return []  # not read yet: the first read sees only the volumes that exist
+        gone = sorted(self._ledger.ids() - set(existing))
+        for volume_id in gone:
+            self._ledger.pop(volume_id)
+        return gone
+
+    def _written_by_volume(self) -> dict[str, int]:
+        """What each volume has written, by volume id: the exclusive bytes of the qgroup that carries
+        its limit (volume_usage's, nested subvolumes included), every qgroup read in one TREE_SEARCH.
+        The one place the capacity model reads volumes' usage."""
+        exclusive = self._fs.exclusive_all()
+        return {
+            volume_id: exclusive[qgroup]
+            for volume_id, qgroup in self.ledger.qgroups().items()
+            if qgroup in exclusive
+        }
+
+    def _available(self, written: Mapping[str, int], exclude: str | None = None) -> int:
+        unwritten = self.ledger.unwritten(written, exclude)
+        return available_bytes(self._fs.space(), unwritten, self._overprovision)

@@ -18,18 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from btrfs_core import health, ids, metadata, quota
+from btrfs_core import health, ids, metadata
 from btrfs_core.backend import Backend, KernelBackend
-from btrfs_core.capacity import Ledger, Promise, available_bytes
+from btrfs_core.capacity import MIN_VOLUME_BYTES as MIN_VOLUME_BYTES
+from btrfs_core.capacity import Capacities, capacity_for, check_capacity, check_range
 from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import (
     AlreadyExists,
     BtrfsCoreError,
     CapacityOutOfRange,
-    InsufficientCapacity,
     InUse,
     InvalidArgument,
-    KernelError,
     NestedSubvolumes,
     NotFound,
     QuotaDisabled,
@@ -49,13 +48,7 @@ from btrfs_core.models import (
     Volume,
     VolumeHealth,
 )
-
-MIN_VOLUME_BYTES = 1 << 20
-DEFAULT_VOLUME_BYTES = 1 << 30  # the capacity of an empty volume asked for without required_bytes
-MAX_VOLUME_BYTES = (1 << 63) - 1
-# Each volume's level-1 qgroup is 1/(this bit | 47 random bits): a pod cannot guess a neighbour's to
-# pass it to SUBVOL_CREATE_V2, and the bit tells the driver's qgroups from an operator's own.
-_GROUP_MARK = 1 << 47
+from btrfs_core.qgroups import VolumeQgroups
 
 # A refusal names this many nested subvolumes, each cut to this many characters.
 _NESTED_SHOWN, _SHOWN_CHARS = 5, 80
@@ -83,10 +76,15 @@ class Pool:
         self._lock = threading.Lock()  # guards existence checks, capacity accounting and renames
         self._commit = GroupCommit(backend.sync)
         self._meta = metadata.MetadataStore(backend)
-        self._ledger: Ledger | None = None  # read on first use (see _capacities)
         self._exclusive_fd: int | None = None
         self._trash: set[Path] = set()  # renamed into staging by a delete that is still deleting it
-        self._volume_groups: dict[int, int] | None = None  # read on first use (see _group_of_subvolume)
+        self._qgroups = VolumeQgroups(root, backend, self._meta, self._lock, self._commit, self.list_volumes)
+        self._capacities = Capacities(
+            backend,
+            self._meta,
+            overprovision,
+            lambda: [self.volumes_dir / entry for entry in self._ids(self.volumes_dir)],
+        )
 
     @classmethod
     def open(
@@ -121,7 +119,7 @@ class Pool:
         try:
             for directory in (pool.volumes_dir, pool.snapshots_dir, pool.staging_dir):
                 directory.mkdir(mode=0o700, exist_ok=True)
-            pool._ensure_quota(quota_mode)
+            pool._qgroups.ensure_quota(quota_mode)
             pool.clear_staging()
         except BaseException:
             pool.close()
@@ -145,35 +143,6 @@ class Pool:
         if self._exclusive_fd is not None:
             os.close(self._exclusive_fd)
             self._exclusive_fd = None
-
-    def _ensure_quota(self, wanted: str) -> None:
-        """Turns quotas on when they are off: in the configured mode, or with "auto" in the mode the
-        pool had (recorded on its root whenever the driver sees quotas on), else simple quotas when
-        the kernel has them. The limits come back with repair_quotas."""
-        mode = self._fs.quota_status().mode
-        if mode is QuotaMode.OFF:
-            recorded = self._meta.quota_mode(self.root)
-            if wanted != "auto":
-                self._fs.enable_quota(QuotaMode(wanted))
-            elif recorded is not None:
-                log.warning("quotas were off on pool %s: enabling its mode, %s", self.root, recorded.value)
-                self._fs.enable_quota(recorded)
-            else:
-                try:
-                    self._fs.enable_quota(QuotaMode.SIMPLE)
-                except KernelError as exc:
-                    if exc.errno != errno.EINVAL:  # EINVAL: this kernel has no simple quotas
-                        raise
-                    self._fs.enable_quota(QuotaMode.FULL)
-            mode = self._fs.quota_status().mode
-            self._commit.commit()
-        elif wanted != "auto" and mode is not QuotaMode(wanted):
-            raise InvalidArgument(
-                f"pool {self.root} already uses {mode.value} quotas, not {wanted}; "
-                "switching needs quotas disabled first"
-            )
-        if mode is not QuotaMode.OFF and self._meta.quota_mode(self.root) is not mode:
-            self._meta.record_quota_mode(self.root, mode)
 
     # IDs
 
@@ -215,28 +184,6 @@ class Pool:
                 continue  # vanished meanwhile, or not ours; a failure to read is raised
         return found
 
-    @property
-    def _capacities(self) -> Ledger:
-        """Every volume's capacity, read from the pool on first use (needs the lock): the driver
-        answers Probe before it has read 10,000 volumes' metadata; the first create pays for it."""
-        if self._ledger is None:
-            self._ledger = Ledger(self._scan_capacities())
-        return self._ledger
-
-    def _scan_capacities(self) -> dict[str, Promise]:
-        """Every volume's capacity and subvolume: one getxattr and one subvolume-info ioctl each
-        (10,000 volumes in well under a second)."""
-        found = {}
-        for entry in self._ids(self.volumes_dir):
-            path = self.volumes_dir / entry
-            try:
-                meta = self._meta.volume_meta(path)
-                qgroup = metadata.group_of(meta) or self._fs.subvolume_info(path).id
-            except NotFound:
-                continue  # vanished meanwhile, or not ours; a failure to read is raised
-            found[entry] = Promise(int(meta["capacity"]), qgroup)
-        return found
-
     # volumes
 
     def get_volume(self, volume_id: str) -> Volume:
@@ -259,50 +206,29 @@ class Pool:
         limit: int = 0,
     ) -> Volume:
         """A new volume, empty or an instant writable snapshot of `source`, of at least `required` and
-        at most `limit` bytes (0: no bound): the CSI capacity range, decided here (`_capacity_for`).
+        at most `limit` bytes (0: no bound): the CSI capacity range, decided here (`capacity.capacity_for`).
 
         Idempotent: an existing volume of this name, source and metadata whose capacity lies in the
         range is the answer; any other volume under the same name raises AlreadyExists.
         """
         volume_id = self.volume_id(name)
-        _check_range(required, limit)
+        check_range(required, limit)
         wanted = dict(metadata or {})
         with self._lock:
             existing = self._existing(self.volumes_dir / volume_id, self._meta.volume)
             if existing is not None:
                 _same_volume(existing, name, required, limit, source, wanted)
             else:
-                capacity = self._capacity_for(required, limit, source)
+                size = self._source_size(source) if source is not None else 0
+                capacity = capacity_for(required, limit, source, size)
                 existing = self._build_volume(volume_id, name, capacity, source, wanted)
         self._commit.commit()
         return existing
 
-    def _capacity_for(self, required: int, limit: int, source: Source | None) -> int:
-        """The capacity of a new volume: `required` (at least the smallest volume); without it the
-        source's size, or DEFAULT_VOLUME_BYTES cut to the limit. Never below the source's size (its
-        data could not be written back), never above the limit: CapacityOutOfRange."""
-        size = self._source_size(source) if source is not None else 0
-        if required:
-            capacity = max(required, MIN_VOLUME_BYTES)
-            if source is not None and capacity < size:
-                raise CapacityOutOfRange(
-                    f"capacity_range: required_bytes {required} is smaller than {source.kind.value} "
-                    f"{source.id} ({size} bytes)"
-                )
-        else:
-            capacity = max(size or min(DEFAULT_VOLUME_BYTES, limit or DEFAULT_VOLUME_BYTES), MIN_VOLUME_BYTES)
-        if limit and capacity > limit:
-            raise CapacityOutOfRange(
-                f"capacity_range: limit_bytes {limit} is below {capacity} bytes, the least this volume "
-                "can have (the smallest volume, or its source's size)"
-            )
-        _check_capacity(capacity)
-        return capacity
-
     def _source_size(self, source: Source) -> int:
         if source.kind is SourceKind.SNAPSHOT:
-            return self._snapshot_at(self._snapshot_path(source.id)).size
-        return self._volume_at(self.volume_path(source.id)).capacity
+            return self._meta.snapshot(self._snapshot_path(source.id)).size
+        return self._meta.volume(self.volume_path(source.id)).capacity
 
     def _existing(self, path: Path, read: Callable[[Path], T]) -> T | None:
         """The object at path, None when the name is free; AlreadyExists when something this driver
@@ -332,15 +258,15 @@ class Pool:
     ) -> Volume:
         origin = self._source_path(source, capacity)
         self._check_writable(limits=True)
-        self._reserve(volume_id, capacity)
+        self._capacities.reserve(volume_id, capacity)
         staged = self._staging_path(volume_id)
         group = None
         try:
             if origin is not None:
-                self._after_rescan()
+                self._qgroups.after_rescan()
             # The level-1 qgroup first, the subvolume born inside it: a crash in between leaves an
             # empty qgroup that no volume names, which repair_quotas removes.
-            group = self._new_group()
+            group = self._qgroups.new_group()
             if origin is None:
                 self._fs.create_subvolume(staged, group)
             else:
@@ -358,47 +284,14 @@ class Pool:
             self._capacities.pop(volume_id)
             self._discard(staged)
             if group is not None:
-                self._drop_group(group)
+                self._qgroups.drop_group(group)
             raise
         volume = self._meta.volume(self.volumes_dir / volume_id)
-        self._group_of_subvolume()[volume.subvolume_id] = group
+        self._qgroups.joined(volume.subvolume_id, group)
         if origin is not None:
             # Full qgroups: a snapshot joining a new qgroup leaves its counters inconsistent.
-            self._rescan_if_inconsistent()
+            self._qgroups.rescan_if_inconsistent()
         return volume
-
-    def _new_group(self) -> int:
-        group = quota.LEVEL1 | _GROUP_MARK | secrets.randbits(47)
-        self._fs.create_qgroup(group)
-        return group
-
-    def _drop_group(self, group: int) -> bool:
-        """Destroys a volume's level-1 qgroup; False when it cannot go yet (a member the cleaner has
-        not dropped: EBUSY): repair_quotas retries it as an orphan."""
-        try:
-            self._fs.destroy_qgroup(group)
-        except NotFound:
-            return True
-        except BtrfsCoreError as exc:
-            log.debug("qgroup %s not removed yet: %s", quota.show(group), exc)
-            return False
-        return True
-
-    def _rescan_if_inconsistent(self) -> None:
-        """Full qgroups: a rescan when accounting is inconsistent, waited for: the kernel enforces no
-        limit until it ends. The flag is read from the quota tree, as of the last commit: callers
-        commit first (a snapshot commits by itself)."""
-        status = self._fs.quota_status()
-        if status.mode is QuotaMode.FULL and status.inconsistent:
-            self._fs.rescan_quota()
-            self._fs.wait_rescan()
-
-    def _after_rescan(self) -> None:
-        """Full qgroups: waits for a running rescan before a qgroup change (a snapshot or clone of a
-        volume, an assignment). A change made while one runs is missing from its result, which then
-        says consistent with wrong numbers and no limit enforced (measured on 6.18)."""
-        if self._fs.quota_status().mode is QuotaMode.FULL:
-            self._fs.wait_rescan()
 
     def _source_path(self, source: Source | None, capacity: int) -> Path | None:
         if source is None:
@@ -423,44 +316,13 @@ class Pool:
         if self._fs.is_subvolume(staged):
             self._fs.delete_subvolume(staged)
 
-    def _reserve(self, volume_id: str, size: int) -> None:
-        """Accounts capacity for a volume, or refuses when the pool cannot hold it. Needs the lock.
-
-        Only what the volume has not written yet needs room (it has, when it grows).
-        """
-        written = self._written_by_volume()
-        available = self._available(written, exclude=volume_id)
-        needed = size - written.get(volume_id, 0)
-        if needed > available:
-            raise InsufficientCapacity(
-                f"volume {volume_id}: {size} bytes requested, {needed} of them not written yet; "
-                f"the pool has {available} available"
-            )
-        promise = self._capacities.get(volume_id)
-        self._capacities.put(volume_id, size, promise.qgroup if promise else None)
-
-    def _written_by_volume(self) -> dict[str, int]:
-        """What each volume has written, by volume id: the exclusive bytes of the qgroup that carries
-        its limit (volume_usage's, nested subvolumes included), every qgroup read in one TREE_SEARCH.
-        The one place the capacity model reads volumes' usage."""
-        exclusive = self._fs.exclusive_all()
-        return {
-            volume_id: exclusive[qgroup]
-            for volume_id, qgroup in self._capacities.qgroups().items()
-            if qgroup in exclusive
-        }
-
-    def _available(self, written: Mapping[str, int], exclude: str | None = None) -> int:
-        unwritten = self._capacities.unwritten(written, exclude)
-        return available_bytes(self._fs.space(), unwritten, self.overprovision)
-
     def available_capacity(self) -> int:
         """The largest volume that can be created now (what GetCapacity reports): 0 on a read-only
         pool, which can take no volume and no write."""
         if self.read_only():
             return 0
         with self._lock:
-            return self._available(self._written_by_volume())
+            return self._capacities.available()
 
     def read_only(self) -> bool:
         """The pool is mounted read-only: neither the driver nor any pod can write to it."""
@@ -470,11 +332,7 @@ class Pool:
         """Forgets the capacity of volumes deleted behind the driver's back (a subvolume deleted by
         hand): it is free again. Returns their ids."""
         with self._lock:
-            if self._ledger is None:
-                return []  # not read yet: the first read sees only the volumes that exist
-            gone = sorted(self._ledger.ids() - set(self._ids(self.volumes_dir)))
-            for volume_id in gone:
-                self._ledger.pop(volume_id)
+            gone = self._capacities.release_vanished(self._ids(self.volumes_dir))
         for volume_id in gone:
             log.warning("volume %s was deleted behind the driver's back: its capacity is released", volume_id)
         return gone
@@ -504,8 +362,7 @@ class Pool:
                 trash = self._staging_path(volume_id)
                 self._fs.rename(path, trash)
                 self._trash.add(trash)
-                if self._volume_groups is not None:
-                    self._volume_groups.pop(info.id, None)
+                self._qgroups.left(info.id)
             self._capacities.pop(volume_id)
         if trash is not None:
             try:
@@ -514,13 +371,13 @@ class Pool:
                 with self._lock:
                     self._trash.discard(trash)
         if group is not None:
-            self._drop_group(group)
+            self._qgroups.drop_group(group)
         self._commit.commit()
 
     def expand_volume(self, volume_id: str, capacity: int, limit: int | None = None) -> Volume:
         """Raises a volume's limit to at least `capacity` bytes. Volumes never shrink: one that has as
         much already is left as it is, unless that is more than `limit`, which is refused."""
-        _check_capacity(capacity)
+        check_capacity(capacity)
         with self._lock:
             path = self.volume_path(volume_id)
             volume = self._meta.volume(path)
@@ -531,7 +388,7 @@ class Pool:
                 )
             if capacity > volume.capacity:
                 self._check_writable(limits=True)
-                self._reserve(volume_id, capacity)
+                self._capacities.reserve(volume_id, capacity)
                 try:
                     self._fs.set_limit(volume.qgroup, capacity)
                     meta = self._meta.read(path)
@@ -572,11 +429,11 @@ class Pool:
             else:
                 source = self.get_volume(source_volume_id)
                 self._check_writable()
-                self._after_rescan()
+                self._qgroups.after_rescan()
                 existing = self._build_snapshot(snapshot_id, name, source)
                 # Full qgroups: a snapshot of a subvolume that is a member of a level-1 qgroup marks
                 # accounting inconsistent, and the kernel then enforces no limit until a rescan ends.
-                self._rescan_if_inconsistent()
+                self._qgroups.rescan_if_inconsistent()
         self._commit.commit()
         return existing
 
@@ -592,7 +449,7 @@ class Pool:
         try:
             self._fs.snapshot(origin, staged, readonly=False)
             self._refuse_nested(origin, f"volume {source.id}")  # one made while the snapshot was taken
-            self._clear_limit(self._fs.subvolume_info(staged).id)  # full qgroups copy the source's
+            self._qgroups.clear_limit(self._fs.subvolume_info(staged).id)  # full qgroups copy the source's
             self._meta.write(staged, fields, self._meta.snapshot_xattr)
             self._fs.set_readonly(staged, True)
             self._fs.rename(staged, self.snapshots_dir / snapshot_id)
@@ -612,14 +469,6 @@ class Pool:
                 f"{what} holds nested subvolumes, which a snapshot or clone would leave out (a btrfs "
                 f"snapshot is not recursive): {shown}{more}; move their data into plain directories"
             )
-
-    def _clear_limit(self, subvolume_id: int) -> None:
-        try:
-            limited = self._fs.usage(subvolume_id).limit is not None
-        except NotFound:
-            return  # no qgroup: quotas are off
-        if limited:
-            self._fs.set_limit(subvolume_id, None)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         path = self.snapshots_dir / ids.check_id(snapshot_id, "snapshot")
@@ -641,22 +490,7 @@ class Pool:
     def volumes_usage(self, volumes: Iterable[Volume]) -> dict[str, QgroupUsage]:
         """volume_usage of many volumes in one pass over the quota tree, by volume id (a volume whose
         qgroup is missing, quotas off or gone, is left out)."""
-        return self._usage_of({volume.id: self._current_qgroup(volume) for volume in volumes})
-
-    def _usage_of(self, groups: Mapping[str, int]) -> dict[str, QgroupUsage]:
-        """The usage of each volume id's qgroup, read in one search (two while some volume has not
-        been migrated from its level-0 qgroup yet)."""
-        found = self._fs.group_usage_all()
-        if any(group < quota.LEVEL1 for group in groups.values()):
-            found.update(self._fs.usage_all())
-        return {volume_id: found[group] for volume_id, group in groups.items() if group in found}
-
-    def _current_qgroup(self, volume: Volume) -> int:
-        """The qgroup of a Volume read before its migration (a caller's cache may hold one): the one
-        repair_quotas gave it since, if any."""
-        if volume.qgroup >= quota.LEVEL1 or self._volume_groups is None:
-            return volume.qgroup
-        return self._volume_groups.get(volume.subvolume_id, volume.qgroup)
+        return self._qgroups.usage_of({volume.id: self._qgroups.current(volume) for volume in volumes})
 
     def usage_all(self) -> dict[int, QgroupUsage]:
         """Every subvolume's usage and limit in one pass, by subvolume id."""
@@ -678,7 +512,7 @@ class Pool:
     def volumes_health(self, volumes: Sequence[Volume]) -> list[VolumeHealth]:
         """volume_health of many volumes (a page of ListVolumes), the pool itself looked at once."""
         pool = self._pool_health()
-        return [self._health(volume.id, self._current_qgroup(volume), pool) for volume in volumes]
+        return [self._health(volume.id, self._qgroups.current(volume), pool) for volume in volumes]
 
     def _pool_health(self) -> VolumeHealth | None:
         fs = self._fs
@@ -745,201 +579,24 @@ class Pool:
             self._commit.commit()
         return removed
 
-    def rescan_quota(self) -> None:
-        """Rescans full qgroup accounting; simple quotas have nothing to rescan."""
-        if self._fs.quota_status().mode is QuotaMode.FULL:
-            self._fs.rescan_quota()
-
     def sync(self) -> None:
         self._commit.commit()
 
-    # quotas that come back: each volume's level-1 qgroup, its limit, and what is nested in it
-
-    def _group_of_subvolume(self) -> dict[int, int]:
-        """Each volume's subvolume id -> its level-1 qgroup, read on first use and kept up to date by
-        create, delete and repair_quotas (needs the lock): the nested-subvolume scan runs every few
-        seconds and must not read every volume's metadata each time."""
-        if self._volume_groups is None:
-            self._volume_groups = {
-                volume.subvolume_id: volume.qgroup
-                for volume in self.list_volumes()
-                if volume.qgroup >= quota.LEVEL1
-            }
-        return self._volume_groups
+    def rescan_quota(self) -> None:
+        """Rescans full qgroup accounting; simple quotas have nothing to rescan."""
+        self._qgroups.rescan()
 
     def repair_quotas(self) -> QuotaRepairs:
-        """Makes every volume's quota what its metadata says, the capacity there being the truth.
+        """Makes every volume's quota what its metadata says (see VolumeQgroups.repair)."""
+        return self._qgroups.repair(self._migrated)
 
-        Per volume: its level-1 qgroup exists (recreated after quotas were turned off and on again),
-        carries exactly the capacity as limit (re-applied after `btrfs qgroup limit none`), and its
-        subvolume's own qgroup carries none. A volume made before level-1 qgroups is migrated: a new
-        qgroup is created, named in the metadata, its subvolume assigned, the limit moved; each step
-        is idempotent, so a crash midway is finished by the next pass. Level-1 qgroups of this driver
-        that no volume names (a crash between creating one and its volume, or a delete the kernel
-        refused with EBUSY) are removed once they have no live member. Nothing happens with quotas off.
-        """
-        if self._fs.quota_status().mode is QuotaMode.OFF:
-            return QuotaRepairs()
-        counts = {"migrated": 0, "qgroups_restored": 0, "limits_restored": 0, "orphans_removed": 0}
-        with self._lock:
-            self._after_rescan()
-            groups = self._fs.group_usage_all()
-            level0 = self._fs.usage_all()
-            named: dict[int, int] = {}
-            for volume in self.list_volumes():
-                try:
-                    self._repair_volume(volume, groups, level0, named, counts)
-                except BtrfsCoreError as exc:
-                    log.warning("quota of volume %s not repaired: %s", volume.id, exc)
-            self._volume_groups = named
-            counts["orphans_removed"] = self._remove_orphan_groups(set(groups) - set(named.values()))
-        repairs = QuotaRepairs(**counts)
-        if repairs != QuotaRepairs():
-            self._commit.commit()
-            self._rescan_if_inconsistent()
-        return repairs
-
-    def _repair_volume(
-        self,
-        volume: Volume,
-        groups: Mapping[int, QgroupUsage],
-        level0: Mapping[int, QgroupUsage],
-        named: dict[int, int],
-        counts: dict[str, int],
-    ) -> None:
-        group = volume.qgroup
-        if group < quota.LEVEL1:
-            group = self._new_group()
-            path = self.volumes_dir / volume.id
-            meta = self._meta.read(path)
-            meta["qgroup"] = group
-            self._meta.write(path, meta)  # from here on the qgroup is the volume's, not an orphan
-            self._fs.assign_qgroup(volume.subvolume_id, group, True)
-            if self._ledger is not None:
-                self._ledger.put(volume.id, volume.capacity, group)
-            log.info("volume %s migrated to its own qgroup %s", volume.id, quota.show(group))
-            counts["migrated"] += 1
-        elif group not in groups:
-            self._fs.create_qgroup(group)
-            log.warning("volume %s: its qgroup %s was gone, recreated", volume.id, quota.show(group))
-            counts["qgroups_restored"] += 1
-        named[volume.subvolume_id] = group
-        current = groups.get(group)
-        if volume.qgroup < quota.LEVEL1:
-            self._fs.set_limit(group, volume.capacity)  # moved, not restored
-        elif current is None or current.limit != volume.capacity:
-            self._fs.set_limit(group, volume.capacity)
-            log.warning(
-                "volume %s: limit %s restored to its capacity %d",
-                volume.id,
-                "none" if current is None or current.limit is None else current.limit,
-                volume.capacity,
-            )
-            counts["limits_restored"] += 1
-        own = level0.get(volume.subvolume_id)
-        if own is not None and own.limit is not None:
-            self._fs.set_limit(volume.subvolume_id, None)  # the old shape's limit, or one set by hand
-
-    def _remove_orphan_groups(self, candidates: Iterable[int]) -> int:
-        """Removes the driver's level-1 qgroups among candidates that have no live member."""
-        orphans = [g for g in candidates if g >> quota.LEVEL_SHIFT == 1 and g & _GROUP_MARK]
-        if not orphans:
-            return 0
-        live = self._fs.subvolume_parents()
-        members: dict[int, list[int]] = {}
-        for member, parents in self._fs.qgroup_relations().items():
-            for parent in parents:
-                members.setdefault(parent, []).append(member)
-        removed = 0
-        for group in orphans:
-            if any(member in live for member in members.get(group, ())):
-                continue  # a pod's nested subvolume joined it: reparent_nested moves it first
-            try:
-                for member in members.get(group, ()):
-                    self._fs.assign_qgroup(member, group, False)  # a stale qgroup of a gone subvolume
-            except BtrfsCoreError as exc:
-                log.info("orphan qgroup %s: %s", quota.show(group), exc)
-                continue
-            if self._drop_group(group):
-                log.info("removed orphan qgroup %s", quota.show(group))
-                removed += 1
-        return removed
+    def _migrated(self, volume: Volume, group: int) -> None:
+        self._capacities.migrated(volume.id, volume.capacity, group)
 
     def reparent_nested(self) -> NestedScan:
-        """Puts every subvolume at or below a volume into exactly that volume's level-1 qgroup.
-
-        A pod may create subvolumes in its volume (no capability needed), joining no qgroup (full
-        qgroups; or an empty qgroup_inherit list) or a neighbour's (its qgroup_inherit): each such
-        one is taken out of the wrong qgroups and assigned to its volume's. Found from the kernel's
-        subvolume tree (root back refs) and the quota tree's relation items, two searches, no path
-        walking. Under full qgroups an assignment leaves accounting inconsistent: a rescan starts.
-        """
-        if self._fs.quota_status().mode is QuotaMode.OFF:
-            return NestedScan(0, 0)
-        with self._lock:
-            volume_groups = dict(self._group_of_subvolume())
-        relations = self._fs.qgroup_relations()
-        holders = self._fs.subvolume_parents()
-        wanted: dict[int, int | None] = dict(volume_groups)
-
-        def group_for(subvolume_id: int) -> int | None:
-            """The group of the volume at or above a subvolume, walking up its holders once."""
-            chain = []
-            node: int | None = subvolume_id
-            while node is not None and node not in wanted:
-                chain.append(node)
-                node = holders.get(node)  # None past the top level
-            found = wanted[node] if node is not None else None
-            for link in chain:
-                wanted[link] = found
-            return found
-
-        out_of_place = repaired = 0
-        for subvolume_id in holders:
-            group = group_for(subvolume_id)
-            if group is None:
-                continue
-            parents = {p for p in relations.get(subvolume_id, ()) if p >> quota.LEVEL_SHIFT == 1}
-            if parents == {group}:
-                continue
-            out_of_place += 1
-            if out_of_place == 1:
-                self._after_rescan()
-            try:
-                for wrong in parents - {group}:
-                    self._fs.assign_qgroup(subvolume_id, wrong, False)
-                if group not in parents:
-                    self._fs.assign_qgroup(subvolume_id, group, True)
-            except BtrfsCoreError as exc:
-                log.warning("subvolume %d not moved into qgroup %s: %s", subvolume_id, quota.show(group), exc)
-                continue
-            log.warning(
-                "subvolume %d was in qgroups %s, not its volume's %s: moved",
-                subvolume_id,
-                ", ".join(quota.show(p) for p in sorted(parents)) or "none",
-                quota.show(group),
-            )
-            repaired += 1
-        # Also after a snapshot or clone whose rescan was cancelled by the next change: every few
-        # seconds, so full qgroups never stay unenforced for long.
-        if repaired:
-            self._commit.commit()
-        self._rescan_if_inconsistent()
-        return NestedScan(out_of_place, repaired)
-
-
-def _check_capacity(capacity: int) -> None:
-    if not MIN_VOLUME_BYTES <= capacity <= MAX_VOLUME_BYTES:
-        raise CapacityOutOfRange(
-            f"capacity {capacity} is outside {MIN_VOLUME_BYTES}..{MAX_VOLUME_BYTES} bytes"
-        )
-
-
-def _check_range(required: int, limit: int) -> None:
-    if required < 0 or limit < 0:
-        raise CapacityOutOfRange("capacity_range: required_bytes and limit_bytes must not be negative")
-    if limit and limit < required:
-        raise CapacityOutOfRange(f"capacity_range: limit_bytes {limit} is below required_bytes {required}")
+        """Puts every subvolume at or below a volume into that volume's level-1 qgroup (see
+        VolumeQgroups.reparent_nested)."""
+        return self._qgroups.reparent_nested()
 
 
 def _same_volume(

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from btrfs_core.capacity import MAX_VOLUME_BYTES, MIN_VOLUME_BYTES
 from btrfs_core.errors import AlreadyExists, CapacityOutOfRange
 from btrfs_core.fake import FakeBackend
 from btrfs_core.models import Source, SourceKind
-from btrfs_core.pool import MAX_VOLUME_BYTES, MIN_VOLUME_BYTES, Pool
+from btrfs_core.pool import Pool
 
 MiB, GiB = 1 << 20, 1 << 30
 PVC = {"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "team"}
