@@ -11,10 +11,8 @@ import fcntl
 import logging
 import os
 import secrets
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,6 +47,7 @@ from btrfs_core.models import (
     VolumeHealth,
 )
 from btrfs_core.qgroups import VolumeQgroups
+from btrfs_core.staging import Debris, Staging
 
 # A refusal names this many nested subvolumes, each cut to this many characters.
 _NESTED_SHOWN, _SHOWN_CHARS = 5, 80
@@ -57,27 +56,19 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Debris:
-    """What one clean-up of crash debris did: entries removed, and those that resisted (relative)."""
-
-    removed: int
-    left: list[str]
-
-
 class Pool:
     def __init__(self, root: Path, backend: Backend, overprovision: float = 1.0) -> None:
         self.root = root
         self.volumes_dir = root / "volumes"
         self.snapshots_dir = root / "snapshots"
-        self.staging_dir = root / ".staging"
+        self._staging = Staging(root, backend)
+        self.staging_dir = self._staging.dir
         self.overprovision = overprovision
         self._fs = backend
         self._lock = threading.Lock()  # guards existence checks, capacity accounting and renames
         self._commit = GroupCommit(backend.sync)
         self._meta = metadata.MetadataStore(backend)
         self._exclusive_fd: int | None = None
-        self._trash: set[Path] = set()  # renamed into staging by a delete that is still deleting it
         self._qgroups = VolumeQgroups(root, backend, self._meta, self._lock, self._commit, self.list_volumes)
         self._capacities = Capacities(
             backend,
@@ -259,7 +250,7 @@ class Pool:
         origin = self._source_path(source, capacity)
         self._check_writable(limits=True)
         self._capacities.reserve(volume_id, capacity)
-        staged = self._staging_path(volume_id)
+        staged = self._staging.path(volume_id)
         group = None
         try:
             if origin is not None:
@@ -282,7 +273,7 @@ class Pool:
             self._fs.rename(staged, self.volumes_dir / volume_id)
         except BaseException:
             self._capacities.pop(volume_id)
-            self._discard(staged)
+            self._staging.discard(staged)
             if group is not None:
                 self._qgroups.drop_group(group)
             raise
@@ -308,13 +299,6 @@ class Pool:
                 f"capacity {capacity} is smaller than {source.kind.value} {source.id} ({size} bytes)"
             )
         return path
-
-    def _staging_path(self, object_id: str) -> Path:
-        return self.staging_dir / f"{object_id}.{secrets.token_hex(4)}"
-
-    def _discard(self, staged: Path) -> None:
-        if self._fs.is_subvolume(staged):
-            self._fs.delete_subvolume(staged)
 
     def available_capacity(self) -> int:
         """The largest volume that can be created now (what GetCapacity reports): 0 on a read-only
@@ -359,9 +343,9 @@ class Pool:
                     # Made read-only from inside (its owner may): it could not leave volumes/ (EROFS).
                     self._fs.set_readonly(path, False)
                 # Out of sight first: a crash mid-delete leaves staging debris, never half a volume.
-                trash = self._staging_path(volume_id)
+                trash = self._staging.path(volume_id)
                 self._fs.rename(path, trash)
-                self._trash.add(trash)
+                self._staging.trash.add(trash)
                 self._qgroups.left(info.id)
             self._capacities.pop(volume_id)
         if trash is not None:
@@ -369,7 +353,7 @@ class Pool:
                 self._fs.delete_subvolume(trash)
             finally:
                 with self._lock:
-                    self._trash.discard(trash)
+                    self._staging.trash.discard(trash)
         if group is not None:
             self._qgroups.drop_group(group)
         self._commit.commit()
@@ -454,7 +438,7 @@ class Pool:
             self._fs.set_readonly(staged, True)
             self._fs.rename(staged, self.snapshots_dir / snapshot_id)
         except BaseException:
-            self._discard(staged)
+            self._staging.discard(staged)
             raise
         return self._meta.snapshot(self.snapshots_dir / snapshot_id)
 
@@ -535,43 +519,12 @@ class Pool:
     # housekeeping
 
     def clear_staging(self) -> Debris:
-        """Removes whatever a crash left: entries of staging, hidden half-made snapshots.
-
-        An entry that resists is logged and left for the next round: whatever the error, it must not
-        stop the driver's start-up or the reconciler.
-        """
-        removed, left = 0, []
+        """Removes whatever a crash left (see Staging.clear)."""
         with self._lock:
-            for entry in self._debris():
-                try:
-                    self._remove(entry)
-                except Exception as exc:  # a pod can make debris resist in ways no list foresees
-                    log.warning(
-                        "debris %s not removed, retried later: %s: %s", entry, type(exc).__name__, exc
-                    )
-                    left.append(str(entry.relative_to(self.root)))
-                    continue
-                removed += 1
-        if removed:
+            debris = self._staging.clear()
+        if debris.removed:
             self._commit.commit()
-        return Debris(removed, left)
-
-    def _debris(self) -> list[Path]:
-        """Needs the lock: staging entries but those a delete in progress removes itself, and the
-        snapshots that a crash left half-made under their hidden names."""
-        staged = [self.staging_dir / name for name in sorted(self._fs.list_dir(self.staging_dir))]
-        staged = [entry for entry in staged if entry not in self._trash]
-        hidden = [self.snapshots_dir / name for name in sorted(self._fs.list_dir(self.snapshots_dir))]
-        hidden = [entry for entry in hidden if entry.name.startswith(".")]
-        return staged + [entry for entry in hidden if self._fs.is_subvolume(entry)]
-
-    def _remove(self, entry: Path) -> None:
-        if self._fs.is_subvolume(entry):
-            self._fs.delete_subvolume(entry)
-        elif entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        return debris
 
     def remove_stale_qgroups(self) -> list[int]:
         removed = self._fs.remove_stale_qgroups()
