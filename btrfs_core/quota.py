@@ -4,7 +4,7 @@ import struct
 from pathlib import Path
 
 from btrfs_core import ioctl
-from btrfs_core.errors import InUse, InvalidArgument, KernelError, NotFound
+from btrfs_core.errors import InUse, InvalidArgument, NotFound
 from btrfs_core.models import QgroupUsage, QuotaMode, QuotaStatus
 from btrfs_core.subvolume import list_all, opened
 
@@ -208,7 +208,7 @@ def remove_stale(path: Path) -> list[int]:
             args = ioctl.QgroupCreateArgs(create=0, qgroupid=qgroupid)
             try:
                 ioctl.call(fd, ioctl.IOC_QGROUP_CREATE, args, "qgroup destroy", f"qgroup 0/{qgroupid}")
-            except (InUse, NotFound, KernelError):
-                continue  # EBUSY: the cleaner has not dropped the subvolume yet; try again later
+            except (InUse, NotFound):
+                continue  # EBUSY: the cleaner has not dropped the subvolume yet (ENOENT: gone); later
             removed.append(qgroupid)
     return removed
