@@ -1,7 +1,10 @@
 """Volume health: whether a volume can be trusted to work as promised, with the reason when not."""
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
+from btrfs_core.errors import NotFound
 from btrfs_core.models import FsUsage, QgroupUsage, QuotaMode, QuotaStatus, VolumeHealth
 
 # Below this many free bytes under its limit a volume counts as full: writes are about to get EDQUOT.
@@ -35,3 +38,43 @@ def usage_health(volume_id: str, usage: QgroupUsage) -> VolumeHealth:
             True, f"volume {volume_id} is full: {usage.referenced} of {usage.limit} bytes used"
         )
     return VolumeHealth(False, "volume is healthy")
+
+
+class HealthBackend(Protocol):
+    def read_only(self) -> bool: ...
+    def fs_usage(self) -> FsUsage: ...
+    def quota_status(self) -> QuotaStatus: ...
+    def usage(self, qgroupid: int) -> QgroupUsage: ...
+
+
+class HealthCheck:
+    """The health of a pool's volumes, each judged by the qgroup that carries its limit."""
+
+    def __init__(self, root: Path, backend: HealthBackend) -> None:
+        self._root = root
+        self._fs = backend
+
+    def pool(self) -> VolumeHealth | None:
+        fs = self._fs
+        return pool_health(self._root, fs.read_only(), fs.fs_usage(), fs.quota_status())
+
+    def volume(self, volume_id: str, qgroup: int) -> VolumeHealth:
+        return self._of_qgroup(volume_id, qgroup, self.pool())
+
+    def volumes(self, qgroups: Sequence[tuple[str, int]]) -> list[VolumeHealth]:
+        """Many volumes' health (volume id, qgroup), the pool itself looked at once."""
+        pool = self.pool()
+        return [self._of_qgroup(volume_id, qgroup, pool) for volume_id, qgroup in qgroups]
+
+    def of_usage(self, volume_id: str, usage: QgroupUsage) -> VolumeHealth:
+        """The health of a volume whose usage the caller has read already."""
+        return self.pool() or usage_health(volume_id, usage)
+
+    def _of_qgroup(self, volume_id: str, qgroup: int, pool: VolumeHealth | None) -> VolumeHealth:
+        if pool is not None:
+            return pool
+        try:
+            usage = self._fs.usage(qgroup)
+        except NotFound:
+            return missing_qgroup(volume_id)
+        return usage_health(volume_id, usage)

@@ -16,16 +16,19 @@ Reading tells a refusal from a failure: an object without our attribute is not o
 attribute that cannot be read (EIO, EACCES, ...) is a failure and raised as one, never taken for absence.
 """
 
+import contextlib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from btrfs_core import quota
-from btrfs_core.errors import BtrfsCoreError, NotFound
+from btrfs_core.errors import AlreadyExists, BtrfsCoreError, NotFound
 from btrfs_core.models import QuotaMode, Snapshot, Source, SourceKind, SubvolumeInfo, Volume
 
 VERSION = 1
+T = TypeVar("T")
 
 
 class XattrBackend(Protocol):
@@ -35,6 +38,7 @@ class XattrBackend(Protocol):
     def write_xattr(self, path: Path, name: str, value: bytes) -> None: ...
     def remove_xattr(self, path: Path, name: str) -> None: ...
     def subvolume_info(self, path: Path) -> SubvolumeInfo: ...
+    def is_subvolume(self, path: Path) -> bool: ...
 
 
 def encode(fields: Mapping[str, Any]) -> bytes:
@@ -95,6 +99,16 @@ class MetadataStore:
 
     def write(self, path: Path, fields: Mapping[str, Any], xattr: str | None = None) -> None:
         self._fs.write_xattr(path, xattr or self.volume_xattr, encode(fields))
+
+    def existing(self, path: Path, read: Callable[[Path], T]) -> T | None:
+        """The object at path, None when the name is free; AlreadyExists when something this driver
+        did not make (no metadata, not a subvolume) holds the name: it is neither reused nor replaced."""
+        if not os.path.lexists(path):
+            return None
+        if self._fs.is_subvolume(path):
+            with contextlib.suppress(NotFound):
+                return read(path)
+        raise AlreadyExists(f"{path.parent.name}/{path.name} holds something this driver did not make")
 
     def forget_snapshot(self, path: Path) -> None:
         """Removes snapshot metadata a restore copied from its source."""

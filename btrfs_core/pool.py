@@ -10,13 +10,12 @@ import errno
 import fcntl
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from btrfs_core import health, ids, metadata
+from btrfs_core import ids, metadata
 from btrfs_core.backend import Backend, KernelBackend
 from btrfs_core.capacity import MIN_VOLUME_BYTES as MIN_VOLUME_BYTES
 from btrfs_core.capacity import Capacities, capacity_for, check_capacity, check_range
@@ -27,11 +26,11 @@ from btrfs_core.errors import (
     CapacityOutOfRange,
     InUse,
     InvalidArgument,
-    NestedSubvolumes,
     NotFound,
     QuotaDisabled,
     ReadOnly,
 )
+from btrfs_core.health import HealthCheck
 from btrfs_core.ioctl import error_from_os
 from btrfs_core.models import (
     FsUsage,
@@ -47,10 +46,8 @@ from btrfs_core.models import (
     VolumeHealth,
 )
 from btrfs_core.qgroups import VolumeQgroups
+from btrfs_core.snapshots import Snapshots, refuse_nested
 from btrfs_core.staging import Debris, Staging
-
-# A refusal names this many nested subvolumes, each cut to this many characters.
-_NESTED_SHOWN, _SHOWN_CHARS = 5, 80
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -70,6 +67,18 @@ class Pool:
         self._meta = metadata.MetadataStore(backend)
         self._exclusive_fd: int | None = None
         self._qgroups = VolumeQgroups(root, backend, self._meta, self._lock, self._commit, self.list_volumes)
+        self._health = HealthCheck(root, backend)
+        self._snapshots = Snapshots(
+            root,
+            backend,
+            self._meta,
+            self._qgroups,
+            self._staging,
+            self._lock,
+            self._commit,
+            self._check_writable,
+            self.get_volume,
+        )
         self._capacities = Capacities(
             backend,
             self._meta,
@@ -156,12 +165,6 @@ class Pool:
             raise NotFound(f"volume {volume_id} does not exist")
         return path
 
-    def _snapshot_path(self, snapshot_id: str) -> Path:
-        path = self.snapshots_dir / ids.check_id(snapshot_id, "snapshot")
-        if not self._fs.is_subvolume(path):
-            raise NotFound(f"snapshot {snapshot_id} does not exist")
-        return path
-
     def _ids(self, directory: Path) -> list[str]:
         """The names in a directory that are IDs this driver could have made, sorted."""
         return ids.ids_among(self._fs.list_dir(directory))
@@ -206,7 +209,7 @@ class Pool:
         check_range(required, limit)
         wanted = dict(metadata or {})
         with self._lock:
-            existing = self._existing(self.volumes_dir / volume_id, self._meta.volume)
+            existing = self._meta.existing(self.volumes_dir / volume_id, self._meta.volume)
             if existing is not None:
                 _same_volume(existing, name, required, limit, source, wanted)
             else:
@@ -218,18 +221,8 @@ class Pool:
 
     def _source_size(self, source: Source) -> int:
         if source.kind is SourceKind.SNAPSHOT:
-            return self._meta.snapshot(self._snapshot_path(source.id)).size
+            return self._meta.snapshot(self._snapshots.path(source.id)).size
         return self._meta.volume(self.volume_path(source.id)).capacity
-
-    def _existing(self, path: Path, read: Callable[[Path], T]) -> T | None:
-        """The object at path, None when the name is free; AlreadyExists when something this driver
-        did not make (no metadata, not a subvolume) holds the name: it is neither reused nor replaced."""
-        if not os.path.lexists(path):
-            return None
-        if self._fs.is_subvolume(path):
-            with contextlib.suppress(NotFound):
-                return read(path)
-        raise AlreadyExists(f"{path.parent.name}/{path.name} holds something this driver did not make")
 
     def _check_writable(self, limits: bool = False) -> None:
         """Refuses, with the reason, a change the pool cannot make now: it is mounted read-only
@@ -263,7 +256,7 @@ class Pool:
             else:
                 self._fs.snapshot(origin, staged, readonly=False, qgroup=group)
                 if source and source.kind is SourceKind.VOLUME:  # one a pod nested meanwhile
-                    self._refuse_nested(origin, f"volume {source.id}")
+                    refuse_nested(self._fs, origin, f"volume {source.id}")
             self._meta.write(staged, metadata.volume_fields(name, capacity, group, source, meta))
             self._meta.forget_snapshot(staged)  # copied from a snapshot source
             # The limit on the level-1 qgroup only: a read-only snapshot of the volume inherits
@@ -288,12 +281,12 @@ class Pool:
         if source is None:
             return None
         if source.kind is SourceKind.SNAPSHOT:
-            path = self._snapshot_path(source.id)
+            path = self._snapshots.path(source.id)
             size = self._meta.snapshot(path).size
         else:
             path = self.volume_path(source.id)
             size = self._meta.volume(path).capacity
-            self._refuse_nested(path, f"volume {source.id}")
+            refuse_nested(self._fs, path, f"volume {source.id}")
         if capacity < size:
             raise CapacityOutOfRange(
                 f"capacity {capacity} is smaller than {source.kind.value} {source.id} ({size} bytes)"
@@ -390,7 +383,7 @@ class Pool:
     # snapshots
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        return self._meta.snapshot(self._snapshot_path(snapshot_id))
+        return self._meta.snapshot(self._snapshots.path(snapshot_id))
 
     def list_snapshot_ids(self) -> list[str]:
         return self._ids(self.snapshots_dir)
@@ -400,69 +393,10 @@ class Pool:
 
     def create_snapshot(self, name: str, source_volume_id: str) -> Snapshot:
         """A read-only snapshot of a volume. Idempotent by name; another source is AlreadyExists."""
-        snapshot_id = self.snapshot_id(name)
-        ids.check_id(source_volume_id, "volume")
-        with self._lock:
-            existing = self._existing(self.snapshots_dir / snapshot_id, self._meta.snapshot)
-            if existing is not None:
-                if existing.name != name or existing.source_volume_id != source_volume_id:
-                    raise AlreadyExists(
-                        f"snapshot {name!r} exists with source volume {existing.source_volume_id}, "
-                        f"not {source_volume_id}"
-                    )
-            else:
-                source = self.get_volume(source_volume_id)
-                self._check_writable()
-                self._qgroups.after_rescan()
-                existing = self._build_snapshot(snapshot_id, name, source)
-                # Full qgroups: a snapshot of a subvolume that is a member of a level-1 qgroup marks
-                # accounting inconsistent, and the kernel then enforces no limit until a rescan ends.
-                self._qgroups.rescan_if_inconsistent()
-        self._commit.commit()
-        return existing
-
-    def _build_snapshot(self, snapshot_id: str, name: str, source: Volume) -> Snapshot:
-        # Built writable under a hidden name in snapshots/, its metadata written on itself, then made
-        # read-only and renamed into place (a read-only subvolume can be renamed within its directory,
-        # not moved out of it): a visible snapshot is always whole, and nothing is written on, or
-        # charged to, the source, which may be full to its limit or made read-only by its owner.
-        origin = self.volumes_dir / source.id
-        self._refuse_nested(origin, f"volume {source.id}")
-        fields = metadata.snapshot_fields(name, source.id, source.capacity)
-        staged = self.snapshots_dir / f".{snapshot_id}.{secrets.token_hex(4)}"
-        try:
-            self._fs.snapshot(origin, staged, readonly=False)
-            self._refuse_nested(origin, f"volume {source.id}")  # one made while the snapshot was taken
-            self._qgroups.clear_limit(self._fs.subvolume_info(staged).id)  # full qgroups copy the source's
-            self._meta.write(staged, fields, self._meta.snapshot_xattr)
-            self._fs.set_readonly(staged, True)
-            self._fs.rename(staged, self.snapshots_dir / snapshot_id)
-        except BaseException:
-            self._staging.discard(staged)
-            raise
-        return self._meta.snapshot(self.snapshots_dir / snapshot_id)
-
-    def _refuse_nested(self, path: Path, what: str) -> None:
-        """NestedSubvolumes when the subvolume at path holds any: a btrfs snapshot is not recursive,
-        so a snapshot or clone of it would silently lack their data."""
-        nested = self._fs.nested_subvolumes(path)
-        if nested:
-            shown = ", ".join(_shortened(relative) for relative in nested[:_NESTED_SHOWN])
-            more = f" and {len(nested) - _NESTED_SHOWN} more" if len(nested) > _NESTED_SHOWN else ""
-            raise NestedSubvolumes(
-                f"{what} holds nested subvolumes, which a snapshot or clone would leave out (a btrfs "
-                f"snapshot is not recursive): {shown}{more}; move their data into plain directories"
-            )
+        return self._snapshots.create(name, source_volume_id)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        path = self.snapshots_dir / ids.check_id(snapshot_id, "snapshot")
-        with self._lock:
-            # One ioctl unlinks it atomically (a snapshot holds no nested subvolumes), and a
-            # read-only subvolume could not be renamed out of sight anyway.
-            if self._fs.is_subvolume(path):
-                self._check_writable()
-                self._fs.delete_subvolume(path)
-        self._commit.commit()
+        self._snapshots.delete(snapshot_id)
 
     # usage and health
 
@@ -491,30 +425,16 @@ class Pool:
         path = self.volume_location(volume_id)
         if not self._fs.is_subvolume(path):
             return VolumeHealth(True, f"subvolume volumes/{volume_id} is missing")
-        return self._health(volume_id, self._meta.qgroup_at(path), self._pool_health())
+        return self._health.volume(volume_id, self._meta.qgroup_at(path))
 
     def volumes_health(self, volumes: Sequence[Volume]) -> list[VolumeHealth]:
         """volume_health of many volumes (a page of ListVolumes), the pool itself looked at once."""
-        pool = self._pool_health()
-        return [self._health(volume.id, self._qgroups.current(volume), pool) for volume in volumes]
-
-    def _pool_health(self) -> VolumeHealth | None:
-        fs = self._fs
-        return health.pool_health(self.root, fs.read_only(), fs.fs_usage(), fs.quota_status())
-
-    def _health(self, volume_id: str, qgroup: int, pool: VolumeHealth | None) -> VolumeHealth:
-        if pool is not None:
-            return pool
-        try:
-            usage = self._fs.usage(qgroup)
-        except NotFound:
-            return health.missing_qgroup(volume_id)
-        return health.usage_health(volume_id, usage)
+        return self._health.volumes([(volume.id, self._qgroups.current(volume)) for volume in volumes])
 
     def volume_stats(self, volume_id: str) -> tuple[QgroupUsage, VolumeHealth]:
         """A volume's usage and its health, the qgroup read once (NodeGetVolumeStats, polled often)."""
         usage = self.volume_usage(volume_id)
-        return usage, self._pool_health() or health.usage_health(volume_id, usage)
+        return usage, self._health.of_usage(volume_id, usage)
 
     # housekeeping
 
@@ -572,10 +492,3 @@ def _same_volume(
             if existing.metadata.get(key) != metadata.get(key)
         )
         raise AlreadyExists(f"volume {name!r} exists with other parameters: {', '.join(differ)} differ")
-
-
-def _shortened(relative: str) -> str:
-    if len(relative) <= _SHOWN_CHARS:
-        return relative
-    half = _SHOWN_CHARS // 2
-    return f"{relative[:half]}...{relative[-half:]}"
