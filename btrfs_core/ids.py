@@ -5,6 +5,7 @@ import re
 from collections.abc import Iterable
 
 from btrfs_core.errors import InvalidArgument
+from btrfs_core.text import shortened
 
 MAX_NAME_BYTES = 128
 # IDs are directory names: a letter or digit first, so never "." or "..", and no "/" or NUL.
@@ -32,8 +33,7 @@ def object_id(name: str, kind: str) -> str:
 def check_id(object_id: str, kind: str) -> str:
     """An ID from a request, refused before it can become a path."""
     if not _ID.fullmatch(object_id):
-        shown = object_id if len(object_id) <= 64 else object_id[:64] + "..."
-        raise InvalidArgument(f"{kind} id {shown!r} is not a valid id")
+        raise InvalidArgument(f"{kind} id {shortened(object_id, 64)!r} is not a valid id")
     return object_id
 
 
