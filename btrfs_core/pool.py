@@ -46,6 +46,7 @@ from btrfs_core.models import (
     VolumeHealth,
 )
 from btrfs_core.qgroups import VolumeQgroups
+from btrfs_core.shared import PoolShared
 from btrfs_core.snapshots import Snapshots, refuse_nested
 from btrfs_core.staging import Debris, Staging
 
@@ -66,18 +67,11 @@ class Pool:
         self._commit = GroupCommit(backend.sync)
         self._meta = metadata.MetadataStore(backend)
         self._exclusive_fd: int | None = None
-        self._qgroups = VolumeQgroups(root, backend, self._meta, self._lock, self._commit, self.list_volumes)
+        shared = PoolShared(root, backend, self._meta, self._lock, self._commit)
+        self._qgroups = VolumeQgroups(shared, self.list_volumes)
         self._health = HealthCheck(root, backend)
         self._snapshots = Snapshots(
-            root,
-            backend,
-            self._meta,
-            self._qgroups,
-            self._staging,
-            self._lock,
-            self._commit,
-            self._check_writable,
-            self.get_volume,
+            shared, self._qgroups, self._staging, self._check_writable, self.get_volume
         )
         self._capacities = Capacities(
             backend,

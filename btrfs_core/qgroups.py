@@ -9,16 +9,12 @@ metadata says when they were changed behind the driver's back (repair, reparent_
 import errno
 import logging
 import secrets
-import threading
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 
 from btrfs_core import quota
-from btrfs_core.backend import Backend
-from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import BtrfsCoreError, InvalidArgument, KernelError, NotFound
-from btrfs_core.metadata import MetadataStore
 from btrfs_core.models import NestedScan, QgroupUsage, QuotaMode, QuotaRepairs, Volume
+from btrfs_core.shared import PoolShared
 
 # Each volume's level-1 qgroup is 1/(this bit | 47 random bits): a pod cannot guess a neighbour's to
 # pass it to SUBVOL_CREATE_V2, and the bit tells the driver's qgroups from an operator's own.
@@ -30,21 +26,10 @@ log = logging.getLogger(__name__)
 class VolumeQgroups:
     """The quota side of one pool. Shares the pool's lock, which guards the subvolume -> qgroup index."""
 
-    def __init__(
-        self,
-        root: Path,
-        backend: Backend,
-        meta: MetadataStore,
-        lock: threading.Lock,
-        commit: GroupCommit,
-        list_volumes: Callable[[], list[Volume]],
-    ) -> None:
-        self.root = root
-        self._volumes_dir = root / "volumes"
-        self._fs = backend
-        self._meta = meta
-        self._lock = lock
-        self._commit = commit
+    def __init__(self, shared: PoolShared, list_volumes: Callable[[], list[Volume]]) -> None:
+        self.root = shared.root
+        self._volumes_dir = shared.root / "volumes"
+        self._fs, self._meta, self._lock, self._commit = shared.fs, shared.meta, shared.lock, shared.commit
         self._list_volumes = list_volumes
         self._volume_groups: dict[int, int] | None = None  # read on first use (see known)
 

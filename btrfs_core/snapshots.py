@@ -1,17 +1,15 @@
 """Snapshots: read-only subvolumes under snapshots/<id>, each of one volume, never recursive."""
 
 import secrets
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from btrfs_core import ids, metadata
 from btrfs_core.backend import Backend
-from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import AlreadyExists, NestedSubvolumes, NotFound
-from btrfs_core.metadata import MetadataStore
 from btrfs_core.models import Snapshot, Volume
 from btrfs_core.qgroups import VolumeQgroups
+from btrfs_core.shared import PoolShared
 from btrfs_core.staging import Staging
 
 # A refusal names this many nested subvolumes, each cut to this many characters.
@@ -23,24 +21,17 @@ class Snapshots:
 
     def __init__(
         self,
-        root: Path,
-        backend: Backend,
-        meta: MetadataStore,
+        shared: PoolShared,
         qgroups: VolumeQgroups,
         staging: Staging,
-        lock: threading.Lock,
-        commit: GroupCommit,
         check_writable: Callable[[], None],
         get_volume: Callable[[str], Volume],
     ) -> None:
-        self.dir = root / "snapshots"
-        self._volumes_dir = root / "volumes"
-        self._fs = backend
-        self._meta = meta
+        self.dir = shared.root / "snapshots"
+        self._volumes_dir = shared.root / "volumes"
+        self._fs, self._meta, self._lock, self._commit = shared.fs, shared.meta, shared.lock, shared.commit
         self._qgroups = qgroups
         self._staging = staging
-        self._lock = lock
-        self._commit = commit
         self._check_writable = check_writable
         self._get_volume = get_volume
 

@@ -3,6 +3,7 @@ never "does not exist" or "not ours". Injected through the fake backend; no root
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,21 +46,26 @@ def _is_the_failure(exc: BaseException, code: int) -> bool:
     return isinstance(exc, KernelError) and exc.errno == code and not isinstance(exc, NotFound)
 
 
+def _each_fails_with(code: int, *calls: Callable[[], object]) -> None:
+    for call in calls:
+        with pytest.raises(KernelError) as raised:
+            call()
+        assert _is_the_failure(raised.value, code), raised.value
+
+
 @pytest.mark.parametrize("code", FAILURES, ids=errno.errorcode.get)
 def test_an_unreadable_volume_is_an_error_not_absent(pool: tuple[Pool, FailingReads], code: int) -> None:
     pool_, backend = pool
     backend.failing["pvc-damaged"] = code
-    for call in (
+    _each_fails_with(
+        code,
         lambda: pool_.get_volume("pvc-damaged"),
         lambda: pool_.list_volumes(),  # not silently left out of the list
         lambda: pool_.list_volumes(["pvc-ok", "pvc-damaged"]),
         lambda: pool_.create_volume("pvc-damaged", 8 * MiB),  # not "held by something not ours"
         lambda: pool_.expand_volume("pvc-damaged", 16 * MiB),
         lambda: pool_.volume_health("pvc-damaged"),
-    ):
-        with pytest.raises(KernelError) as raised:
-            call()
-        assert _is_the_failure(raised.value, code), raised.value
+    )
     assert [volume.id for volume in pool_.list_volumes(["pvc-ok"])] == ["pvc-ok"]
     backend.failing.clear()
     assert pool_.get_volume("pvc-damaged").capacity == 8 * MiB  # nothing was lost
@@ -69,14 +75,12 @@ def test_an_unreadable_volume_is_an_error_not_absent(pool: tuple[Pool, FailingRe
 def test_an_unreadable_snapshot_is_an_error_not_absent(pool: tuple[Pool, FailingReads], code: int) -> None:
     pool_, backend = pool
     backend.failing["snap-damaged"] = code
-    for call in (
+    _each_fails_with(
+        code,
         lambda: pool_.get_snapshot("snap-damaged"),
         lambda: pool_.list_snapshots(),
         lambda: pool_.create_snapshot("snap-damaged", "pvc-ok"),
-    ):
-        with pytest.raises(KernelError) as raised:
-            call()
-        assert _is_the_failure(raised.value, code), raised.value
+    )
 
 
 @pytest.mark.parametrize("code", FAILURES, ids=errno.errorcode.get)
