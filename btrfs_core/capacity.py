@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from btrfs_core.errors import CapacityOutOfRange, InsufficientCapacity, NotFound
+from btrfs_core.errors import AlreadyExists, CapacityOutOfRange, InsufficientCapacity, NotFound
 from btrfs_core.metadata import MetadataStore, group_of
-from btrfs_core.models import PoolSpace, Source, SubvolumeInfo
+from btrfs_core.models import PoolSpace, Source, SubvolumeInfo, Volume
 
 MIN_VOLUME_BYTES = 1 << 20
 DEFAULT_VOLUME_BYTES = 1 << 30  # the capacity of an empty volume asked for without required_bytes
@@ -135,6 +135,28 @@ def capacity_for(required: int, limit: int, source: Source | None, size: int) ->
         )
     check_capacity(capacity)
     return capacity
+
+
+def check_same_volume(
+    existing: Volume, name: str, required: int, limit: int, source: Source | None, metadata: dict[str, str]
+) -> None:
+    """Refuses (AlreadyExists) a request for an existing volume that the volume does not satisfy."""
+    if existing.name != name:
+        raise AlreadyExists(f"volume id {existing.id} belongs to another name, {existing.name!r}")
+    if existing.source != source:
+        raise AlreadyExists(f"volume {name!r} exists with source {existing.source}, not {source}")
+    if existing.capacity < required or (limit and existing.capacity > limit):
+        raise AlreadyExists(
+            f"volume {name!r} exists with capacity {existing.capacity}, outside the range asked for "
+            f"(required_bytes {required}, limit_bytes {limit or 'none'})"
+        )
+    if existing.metadata != metadata:
+        differ = sorted(
+            key
+            for key in existing.metadata.keys() | metadata.keys()
+            if existing.metadata.get(key) != metadata.get(key)
+        )
+        raise AlreadyExists(f"volume {name!r} exists with other parameters: {', '.join(differ)} differ")
 
 
 class Capacities:

@@ -2,11 +2,12 @@
 calls the pool makes (extended attributes, directory listings), with failures as typed errors."""
 
 import errno
+import fcntl
 import os
 from pathlib import Path
 
 from btrfs_core import ioctl, mounts
-from btrfs_core.errors import KernelError
+from btrfs_core.errors import InUse, KernelError
 from btrfs_core.ioctl import error_from_os
 from btrfs_core.models import BlockGroups, FsUsage, PoolSpace
 from btrfs_core.subvolume import opened
@@ -31,6 +32,20 @@ def usage(path: Path) -> FsUsage:
         used=(st.f_blocks - st.f_bfree) * st.f_frsize,
         free=st.f_bavail * st.f_frsize,
     )
+
+
+def lock_exclusively(path: Path) -> int:
+    """An exclusive flock on the directory at path, as an fd to keep open: released by the kernel when
+    the process dies, however it dies. InUse when another process holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise InUse(f"pool {path} is served by another process: one driver per pool") from None
+        raise error_from_os("lock pool", str(path), exc) from None
+    return fd
 
 
 def read_only(path: Path) -> bool:

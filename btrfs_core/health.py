@@ -1,10 +1,11 @@
 """Volume health: whether a volume can be trusted to work as promised, with the reason when not."""
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from btrfs_core.errors import NotFound
+from btrfs_core.errors import NotFound, QuotaDisabled, ReadOnly
 from btrfs_core.models import FsUsage, QgroupUsage, QuotaMode, QuotaStatus, VolumeHealth
 
 # Below this many free bytes under its limit a volume counts as full: writes are about to get EDQUOT.
@@ -78,3 +79,16 @@ class HealthCheck:
         except NotFound:
             return missing_qgroup(volume_id)
         return usage_health(volume_id, usage)
+
+    def check_writable(self, limits: bool = False) -> None:
+        """Refuses, with the reason, a change the pool cannot make now: it is mounted read-only
+        (ReadOnly), or, for a change that sets a limit, its quotas were turned off (QuotaDisabled)."""
+        if self._fs.read_only():
+            raise ReadOnly(
+                f"pool {self._root}", errno.EROFS, "mounted read-only: volumes and snapshots cannot change"
+            )
+        if limits and self._fs.quota_status().mode is QuotaMode.OFF:
+            raise QuotaDisabled(
+                f"quotas are off on pool {self._root} (disabled behind the driver's back): no capacity can "
+                "be enforced until they are on again (restarting the driver turns them on)"
+            )

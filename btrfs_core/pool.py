@@ -6,8 +6,6 @@ debris that opening the pool removes. Every mutating call commits the transactio
 """
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import threading
@@ -15,28 +13,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from btrfs_core import ids, metadata
+from btrfs_core import filesystem, ids, metadata
 from btrfs_core.backend import Backend, KernelBackend
 from btrfs_core.capacity import MIN_VOLUME_BYTES as MIN_VOLUME_BYTES
-from btrfs_core.capacity import Capacities, capacity_for, check_capacity, check_range
+from btrfs_core.capacity import Capacities, capacity_for, check_capacity, check_range, check_same_volume
 from btrfs_core.commit import GroupCommit
-from btrfs_core.errors import (
-    AlreadyExists,
-    BtrfsCoreError,
-    CapacityOutOfRange,
-    InUse,
-    InvalidArgument,
-    NotFound,
-    QuotaDisabled,
-    ReadOnly,
-)
+from btrfs_core.errors import BtrfsCoreError, CapacityOutOfRange, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
-from btrfs_core.ioctl import error_from_os
 from btrfs_core.models import (
     FsUsage,
     NestedScan,
     QgroupUsage,
-    QuotaMode,
     QuotaRepairs,
     QuotaStatus,
     Snapshot,
@@ -71,7 +58,7 @@ class Pool:
         self._qgroups = VolumeQgroups(shared, self.list_volumes)
         self._health = HealthCheck(root, backend)
         self._snapshots = Snapshots(
-            shared, self._qgroups, self._staging, self._check_writable, self.get_volume
+            shared, self._qgroups, self._staging, self._health.check_writable, self.get_volume
         )
         self._capacities = Capacities(
             backend,
@@ -109,7 +96,7 @@ class Pool:
             raise InvalidArgument(f"overprovision ratio {overprovision} is below 1.0")
         pool = cls(path, fs, overprovision)
         if exclusive:
-            pool._lock_exclusively()
+            pool._exclusive_fd = filesystem.lock_exclusively(path)
         try:
             for directory in (pool.volumes_dir, pool.snapshots_dir, pool.staging_dir):
                 directory.mkdir(mode=0o700, exist_ok=True)
@@ -119,18 +106,6 @@ class Pool:
             pool.close()
             raise
         return pool
-
-    def _lock_exclusively(self) -> None:
-        # flock on the root directory: released by the kernel when the process dies, however it dies.
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise InUse(f"pool {self.root} is served by another process: one driver per pool") from None
-            raise error_from_os("lock pool", str(self.root), exc) from None
-        self._exclusive_fd = fd
 
     def close(self) -> None:
         """Releases the exclusive lock, if this pool holds it."""
@@ -205,7 +180,7 @@ class Pool:
         with self._lock:
             existing = self._meta.existing(self.volumes_dir / volume_id, self._meta.volume)
             if existing is not None:
-                _same_volume(existing, name, required, limit, source, wanted)
+                check_same_volume(existing, name, required, limit, source, wanted)
             else:
                 size = self._source_size(source) if source is not None else 0
                 capacity = capacity_for(required, limit, source, size)
@@ -218,24 +193,11 @@ class Pool:
             return self._meta.snapshot(self._snapshots.path(source.id)).size
         return self._meta.volume(self.volume_path(source.id)).capacity
 
-    def _check_writable(self, limits: bool = False) -> None:
-        """Refuses, with the reason, a change the pool cannot make now: it is mounted read-only
-        (ReadOnly), or, for a change that sets a limit, its quotas were turned off (QuotaDisabled)."""
-        if self.read_only():
-            raise ReadOnly(
-                f"pool {self.root}", errno.EROFS, "mounted read-only: volumes and snapshots cannot change"
-            )
-        if limits and self._fs.quota_status().mode is QuotaMode.OFF:
-            raise QuotaDisabled(
-                f"quotas are off on pool {self.root} (disabled behind the driver's back): no capacity can "
-                "be enforced until they are on again (restarting the driver turns them on)"
-            )
-
     def _build_volume(
         self, volume_id: str, name: str, capacity: int, source: Source | None, meta: dict[str, str]
     ) -> Volume:
         origin = self._source_path(source, capacity)
-        self._check_writable(limits=True)
+        self._health.check_writable(limits=True)
         self._capacities.reserve(volume_id, capacity)
         staged = self._staging.path(volume_id)
         group = None
@@ -322,7 +284,7 @@ class Pool:
                 published = self._fs.published_targets(path)
                 if published:
                     raise InUse(f"volume {volume_id} is still published at {published[0]}")
-                self._check_writable()
+                self._health.check_writable()
                 with contextlib.suppress(NotFound):  # not ours; a failure to read is raised
                     group = metadata.group_of(self._meta.read(path))
                 info = self._fs.subvolume_info(path)
@@ -358,7 +320,7 @@ class Pool:
                     "volumes never shrink"
                 )
             if capacity > volume.capacity:
-                self._check_writable(limits=True)
+                self._health.check_writable(limits=True)
                 self._capacities.reserve(volume_id, capacity)
                 try:
                     self._fs.set_limit(volume.qgroup, capacity)
@@ -464,25 +426,3 @@ class Pool:
         """Puts every subvolume at or below a volume into that volume's level-1 qgroup (see
         VolumeQgroups.reparent_nested)."""
         return self._qgroups.reparent_nested()
-
-
-def _same_volume(
-    existing: Volume, name: str, required: int, limit: int, source: Source | None, metadata: dict[str, str]
-) -> None:
-    """Refuses (AlreadyExists) a request for an existing volume that the volume does not satisfy."""
-    if existing.name != name:
-        raise AlreadyExists(f"volume id {existing.id} belongs to another name, {existing.name!r}")
-    if existing.source != source:
-        raise AlreadyExists(f"volume {name!r} exists with source {existing.source}, not {source}")
-    if existing.capacity < required or (limit and existing.capacity > limit):
-        raise AlreadyExists(
-            f"volume {name!r} exists with capacity {existing.capacity}, outside the range asked for "
-            f"(required_bytes {required}, limit_bytes {limit or 'none'})"
-        )
-    if existing.metadata != metadata:
-        differ = sorted(
-            key
-            for key in existing.metadata.keys() | metadata.keys()
-            if existing.metadata.get(key) != metadata.get(key)
-        )
-        raise AlreadyExists(f"volume {name!r} exists with other parameters: {', '.join(differ)} differ")
