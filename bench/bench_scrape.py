@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from btrfs_core import filesystem
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from btrfs_exporter.exposition import GaugeRows, render
@@ -138,7 +139,7 @@ def main() -> int:
         for volumes in sizes:
             started = time.perf_counter()
             grow(pool, volumes, have)
-            pool.sync()
+            filesystem.sync(pool.root)
             created = time.perf_counter() - started
             print(
                 f"# {volumes} volumes: created {volumes - have} (+ snapshots) in {created:.1f} s,"

@@ -191,7 +191,7 @@ assert ctypes.sizeof(QgroupInherit) == 80
 SUBVOL_RDONLY = 1 << 1  # in vol_args_v2 and SUBVOL_GET/SETFLAGS
 SUBVOL_QGROUP_INHERIT = 1 << 2  # vol_args_v2 carries a qgroup_inherit: the new qgroup's parents
 ROOT_SUBVOL_RDONLY = 1 << 0  # the same, as the root item (GET_SUBVOL_INFO) stores it
-QUOTA_CTL_ENABLE, QUOTA_CTL_DISABLE, QUOTA_CTL_ENABLE_SIMPLE = 1, 2, 4
+QUOTA_CTL_ENABLE, QUOTA_CTL_ENABLE_SIMPLE = 1, 4
 QGROUP_LIMIT_MAX_RFER = 1
 
 # Block group flags (btrfs_tree.h): the type, the profile, and SPACE_INFO's global reserve entry
@@ -207,7 +207,7 @@ FIRST_FREE_OBJECTID, LAST_FREE_OBJECTID = 256, U64_MAX - 255
 ROOT_BACKREF_KEY, ROOT_REF_KEY = 144, 156
 QGROUP_STATUS_KEY, QGROUP_INFO_KEY, QGROUP_LIMIT_KEY, QGROUP_RELATION_KEY = 240, 242, 244, 246
 QGROUP_LEVEL_SHIFT = 48  # a qgroupid is level << 48 | id; level 0 qgroups belong to one subvolume each
-QGROUP_STATUS_ON, QGROUP_STATUS_RESCAN, QGROUP_STATUS_INCONSISTENT, QGROUP_STATUS_SIMPLE = 1, 2, 4, 8
+QGROUP_STATUS_RESCAN, QGROUP_STATUS_INCONSISTENT, QGROUP_STATUS_SIMPLE = 2, 4, 8
 
 _ERRNO_CLASSES: dict[int, type[BtrfsCoreError]] = {
     errno.ENOENT: NotFound,

@@ -51,12 +51,6 @@ def enable(path: Path, mode: QuotaMode) -> None:
     wait_rescan(path)
 
 
-def disable(path: Path) -> None:
-    with opened(path) as fd:
-        args = ioctl.QuotaCtlArgs(cmd=ioctl.QUOTA_CTL_DISABLE)
-        ioctl.call(fd, ioctl.IOC_QUOTA_CTL, args, "quota disable", str(path))
-
-
 def rescan(path: Path) -> None:
     """Starts a rescan of full qgroup accounting (clears the inconsistent flag when it ends)."""
     with opened(path) as fd:

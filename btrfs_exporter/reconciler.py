@@ -31,7 +31,6 @@ the next round tries again.
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -148,7 +147,6 @@ class Reconciler:
         pool: Pool,
         metrics: ReconcilerMetrics,
         interval: float = DEFAULT_INTERVAL,
-        find_stale: Callable[[Pool], list[int]] = stale_qgroups,
         nested_interval: float = DEFAULT_NESTED_INTERVAL,
     ) -> None:
         if not interval > 0 or not nested_interval > 0:
@@ -157,7 +155,6 @@ class Reconciler:
         self._metrics = metrics
         self._interval = interval
         self._nested_interval = nested_interval
-        self._find_stale = find_stale
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rounds_done = threading.Semaphore(0)  # released after each round, for tests
@@ -235,7 +232,7 @@ class Reconciler:
         self._metrics.actions.labels(ACTION_RESCAN).inc()
 
     def _remove_stale_qgroups(self) -> None:
-        stale = self._find_stale(self._pool)
+        stale = stale_qgroups(self._pool)
         self._metrics.stale_qgroups.set(len(stale))
         if not stale:
             return

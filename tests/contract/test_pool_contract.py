@@ -27,6 +27,7 @@ from btrfs_core.models import NestedScan, QuotaMode, QuotaRepairs, Source, Sourc
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
+from tests.core.oracle import cli
 
 MiB = 1 << 20
 
@@ -339,7 +340,7 @@ def test_quotas_turned_off_behind_the_pools_back_refuse_limits(pool: Pool, backe
     if isinstance(backend, FakeBackend):
         backend.mode = QuotaMode.OFF
     else:
-        quota.disable(backend.root)
+        cli("btrfs", "quota", "disable", str(backend.root))
     with pytest.raises(QuotaDisabled, match="quotas are off"):
         pool.create_volume("w", 4 * MiB)
     with pytest.raises(QuotaDisabled):
@@ -353,15 +354,15 @@ def disable_quota(backend: Backends) -> None:
     if isinstance(backend, FakeBackend):
         backend.disable_quota()
     else:
-        quota.disable(backend.root)
+        cli("btrfs", "quota", "disable", str(backend.root))
 
 
-def wait_for(condition: Callable[[], bool], what: str, pool: Pool) -> None:
+def wait_for(condition: Callable[[], bool], what: str, backend: Backends) -> None:
     """Until condition holds, committing meanwhile (the kernel's cleaner works after a commit)."""
     deadline = time.monotonic() + 30
     while not condition():
         assert time.monotonic() < deadline, f"still not {what} after 30 s"
-        pool.sync()
+        backend.sync()
         time.sleep(0.05)
 
 
@@ -389,7 +390,7 @@ def test_each_volume_has_its_own_level1_qgroup_that_carries_the_limit(pool: Pool
         pool.repair_quotas()
         return volume.qgroup not in backend.group_usage_all()
 
-    wait_for(removed, "removed", pool)
+    wait_for(removed, "removed", backend)
     assert set(backend.group_usage_all()) == {clone.qgroup}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from btrfs_core import subvolume
+from btrfs_core import filesystem, subvolume
 from btrfs_core.errors import NestedSubvolumes
 from btrfs_core.models import QuotaMode, Source, SourceKind
 from btrfs_core.pool import Pool
@@ -77,7 +77,7 @@ def written_by_pod(pool: Pool, name: str, work: Callable[[], None]) -> str:
 def test_delete_removes_whatever_a_pod_nested(pool: Pool, work: Callable[[], None]) -> None:
     before = data_used(pool.root)
     volume_id = written_by_pod(pool, "pvc-nesting", work)
-    pool.sync()
+    filesystem.sync(pool.root)
     assert data_used(pool.root) >= before + 8 * MiB
 
     pool.delete_volume(volume_id)

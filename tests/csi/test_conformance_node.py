@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from btrfs_core import mounts, publish
+from btrfs_core import filesystem, mounts, publish
 from btrfs_core.pool import Pool
 from csi.pb import csi_pb2
 from tests.csi.conftest import NODE_ID, Client, MiB, Mode, code_of, mount_capability, serve, tree
@@ -377,7 +377,7 @@ def test_volume_stats_report_the_qgroup(kcsi: Client, tmp_path: Path) -> None:
     target = tmp_path / "t"
     kcsi.publish(volume.volume_id, target)
     (target / "data").write_bytes(os.urandom(4 * MiB))
-    kcsi.pool.sync()  # qgroup counters move at transaction commit
+    filesystem.sync(kcsi.pool.root)  # qgroup counters move at transaction commit
     response = kcsi.node.NodeGetVolumeStats(stats_request(volume.volume_id, target))
     (usage,) = response.usage
     assert usage.unit == csi_pb2.VolumeUsage.BYTES
@@ -393,7 +393,7 @@ def test_volume_stats_of_a_full_volume_are_abnormal(kcsi: Client, tmp_path: Path
     target = tmp_path / "t"
     kcsi.publish(volume.volume_id, target)
     write_until_refused(target / "fill", 64 * MiB)
-    kcsi.pool.sync()
+    filesystem.sync(kcsi.pool.root)
     response = kcsi.node.NodeGetVolumeStats(stats_request(volume.volume_id, target))
     assert response.usage[0].available >= 0
     assert response.volume_condition.abnormal and "full" in response.volume_condition.message

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
-from btrfs_core import quota
+from btrfs_core import filesystem, quota
 from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
@@ -35,7 +35,7 @@ def test_scraped_usage_equals_the_kernels(pool: Pool, btrfs_mount: Path, quota_m
     write_file(pool.volume_path(a.id) / "after-snapshot", 2 * MiB)
     clone = pool.create_volume("clone", 64 * MiB, source=Source(SourceKind.SNAPSHOT, snap.id))
     quota.wait_rescan(btrfs_mount)  # full qgroups: the rescan the clone started
-    pool.sync()
+    filesystem.sync(pool.root)
 
     scraped = samples(metrics.registry)
     kernel = kernel_qgroups(btrfs_mount)
@@ -93,7 +93,7 @@ def test_counters_lag_until_commit_and_a_sync_shows_them(pool: Pool) -> None:
     before = samples(metrics.registry)["btrfs_csi_volume_referenced_bytes"][key]
     with open(pool.volume_path(volume.id) / "f", "wb") as f:
         f.write(os.urandom(4 * MiB))  # no fsync: sits in the page cache and the running transaction
-    pool.sync()
+    filesystem.sync(pool.root)
     after = samples(metrics.registry)["btrfs_csi_volume_referenced_bytes"][key]
     assert after - before >= 4 * MiB
 
@@ -154,7 +154,7 @@ def test_index_reads_each_object_once_and_sees_replacements(pool: Pool, btrfs_mo
     pool.delete_volume("v3")
     v3 = pool.create_volume("v3", 32 * MiB, metadata=pvc("other", "v3-again"))
     write_file(pool.volume_path("v3") / "f", 2 * MiB)
-    pool.sync()
+    filesystem.sync(pool.root)
     scraped = {
         dict(key)["volume_id"]: (dict(key)["pvc_namespace"], value)
         for key, value in _collected(collector, "btrfs_csi_volume_referenced_bytes").items()
@@ -275,7 +275,7 @@ def test_fast_rendering_exposes_what_prometheus_client_would(pool: Pool) -> None
     pool.create_volume("v2", 16 * MiB, metadata=pvc("ns", "same-labels-elsewhere"))
     pool.create_snapshot("s1", "v1")
     quota.wait_rescan(pool.root)  # full qgroups: the snapshot's rescan, so both scrapes see one state
-    pool.sync()
+    filesystem.sync(pool.root)
     metrics.rpc.duration.labels("CreateVolume", "OK").observe(0.5)
 
     def comparable(library: bool) -> dict[str, dict[frozenset[tuple[str, str]], float]]:

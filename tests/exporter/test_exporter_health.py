@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from btrfs_core import quota
+from btrfs_core import filesystem, quota
 from btrfs_core.pool import Pool
 from tests.exporter.helpers import btrfs, write_file
 from tests.exporter.test_exporter_collector import make_inconsistent
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.kernel
 def volume_id(pool: Pool) -> str:
     volume = pool.create_volume("vol", 32 * MiB)
     write_file(pool.volume_path(volume.id) / "f", MiB)
-    pool.sync()
+    filesystem.sync(pool.root)
     return volume.id
 
 
@@ -45,7 +45,7 @@ def test_a_volume_written_to_its_limit(pool: Pool) -> None:
             written += f.write(b"x" * 65536)
             f.flush()
     assert raised.value.errno == errno.EDQUOT
-    pool.sync()  # the qgroup counters are updated at commit
+    filesystem.sync(pool.root)  # the qgroup counters are updated at commit
     health = pool.volume_health(volume.id)
     assert health.abnormal
     assert "full" in health.message

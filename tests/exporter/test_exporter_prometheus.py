@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from btrfs_core import filesystem
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry, start_metrics_server
 from tests.conftest import free_port
@@ -44,7 +45,7 @@ def test_prometheus_scrapes_the_volumes_usage(pool: Pool, btrfs_mount: Path, tmp
     metrics = build_registry(pool, "btrfs.csi.test")
     volume = pool.create_volume("data", 64 * MiB, metadata=pvc("team", "data-0"))
     write_file(pool.volume_path(volume.id) / "f", 7 * MiB + 4096)
-    pool.sync()
+    filesystem.sync(pool.root)
     kernel_referenced = kernel_qgroups(btrfs_mount)[volume.qgroup][0]
 
     server = start_metrics_server(("127.0.0.1", 0), metrics.registry)

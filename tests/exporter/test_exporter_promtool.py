@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from btrfs_core import filesystem
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from tests.exporter.helpers import exposition, pvc, require, write_file
@@ -30,7 +31,7 @@ def test_exposition_passes_promtool_check_metrics(pool: Pool, library: bool) -> 
     pool.create_volume("plain", 16 * MiB)
     write_file(pool.volume_path(volume.id) / "f", MiB)
     pool.create_snapshot("snap", volume.id)
-    pool.sync()
+    filesystem.sync(pool.root)
     metrics.reconciler().run_once()
     for method, code in (
         ("CreateVolume", "OK"),

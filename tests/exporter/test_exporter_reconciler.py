@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
+from btrfs_core import filesystem
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from btrfs_exporter.reconciler import Reconciler, ReconcilerMetrics
@@ -39,7 +40,7 @@ def test_stale_qgroups_are_counted_and_removed_when_the_kernel_lets_go(btrfs_mou
     pool.create_snapshot("snap", volume.id)
     pool.delete_volume(volume.id)
     btrfs("subvolume", "sync", str(btrfs_mount))
-    pool.sync()
+    filesystem.sync(pool.root)
 
     reconciler.run_once()
     assert value(registry, "btrfs_csi_pool_stale_qgroups") == 1
@@ -48,7 +49,7 @@ def test_stale_qgroups_are_counted_and_removed_when_the_kernel_lets_go(btrfs_mou
 
     pool.delete_snapshot("snap")
     btrfs("subvolume", "sync", str(btrfs_mount))
-    pool.sync()
+    filesystem.sync(pool.root)
     reconciler.run_once()
     assert value(registry, "btrfs_csi_pool_stale_qgroups") == 1
     assert value(registry, "btrfs_csi_stale_qgroups_removed_total") == 1

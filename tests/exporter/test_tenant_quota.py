@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from btrfs_core import quota
+from btrfs_core import filesystem, quota
 from btrfs_core.backend import KernelBackend
 from btrfs_core.errors import KernelError
 from btrfs_core.models import QuotaMode
@@ -69,7 +69,7 @@ class Node:
         return path
 
     def used(self, volume_id: str) -> int:
-        self.pool.sync()
+        filesystem.sync(self.pool.root)
         return self.pool.volume_usage(volume_id).referenced
 
 
