@@ -28,6 +28,13 @@ _NONE, _WRITE, _READ = 0, 1, 2
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
+    """_IOC(direction, BTRFS_IOCTL_MAGIC, nr, size) in the asm-generic layout (asm-generic/ioctl.h):
+    2 direction bits, 14 size bits, 8 type bits, 8 number bits, with _IOC_WRITE 1 and _IOC_READ 2.
+
+    That layout holds on x86, arm, arm64, riscv, s390 and loongarch. powerpc, mips, sparc and alpha use
+    3 direction bits, 13 size bits and other direction values, and parisc swaps READ and WRITE: on those
+    the numbers here would be wrong.
+    """
     return (direction << 30) | (size << 16) | (0x94 << 8) | nr
 
 
@@ -47,8 +54,23 @@ class VolArgsV2(ctypes.Structure):
     ]
 
 
+# struct btrfs_qgroup_limit (the ioctl's, native byte order) and struct btrfs_qgroup_limit_item (the quota
+# tree's, little-endian, as TREE_SEARCH returns it) share one layout.
+_QGROUP_LIMIT_FIELDS = [
+    ("flags", u64),
+    ("max_rfer", u64),
+    ("max_excl", u64),
+    ("rsv_rfer", u64),
+    ("rsv_excl", u64),
+]
+
+
 class QgroupLimit(ctypes.Structure):
-    _fields_ = [("flags", u64), ("max_rfer", u64), ("max_excl", u64), ("rsv_rfer", u64), ("rsv_excl", u64)]
+    _fields_ = _QGROUP_LIMIT_FIELDS
+
+
+class QgroupLimitItem(ctypes.LittleEndianStructure):
+    _fields_ = _QGROUP_LIMIT_FIELDS
 
 
 class QgroupInherit(ctypes.Structure):

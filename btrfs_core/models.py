@@ -11,6 +11,17 @@ class QuotaMode(enum.Enum):
     SIMPLE = "simple"  # squota: extents charged to the subvolume that wrote them
 
 
+# The quota_mode a pool is configured with: "auto" picks simple quotas when the kernel has them, else full.
+QUOTA_MODE_AUTO = "auto"
+QUOTA_MODE_SETTINGS = (QUOTA_MODE_AUTO, QuotaMode.SIMPLE.value, QuotaMode.FULL.value)
+
+# Volume metadata keys the kubernetes sidecars pass (--extra-create-metadata): kept on the volume so
+# metrics can name the claim without asking the API server.
+PVC_NAME_KEY = "csi.storage.k8s.io/pvc/name"
+PVC_NAMESPACE_KEY = "csi.storage.k8s.io/pvc/namespace"
+PV_NAME_KEY = "csi.storage.k8s.io/pv/name"
+
+
 @dataclass(frozen=True)
 class QuotaStatus:
     mode: QuotaMode

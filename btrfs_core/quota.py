@@ -11,7 +11,6 @@ from btrfs_core.subvolume import list_all, opened
 _STATUS = struct.Struct("<QQQQ")  # version, generation, flags, rescan progress
 _INFO = struct.Struct("<QQQQQ")  # generation, rfer, rfer_cmpr, excl, excl_cmpr
 _EXCLUSIVE = struct.Struct("<24xQ")  # excl, behind generation, rfer and rfer_cmpr
-_LIMIT = struct.Struct("<QQQQQ")  # flags, max_rfer, max_excl, rsv_rfer, rsv_excl
 LEVEL_SHIFT = ioctl.QGROUP_LEVEL_SHIFT
 LEVEL1 = 1 << LEVEL_SHIFT  # the first level-1 qgroupid (1/0)
 
@@ -135,8 +134,8 @@ def _collect(path: Path, first: int, last: int) -> dict[int, QgroupUsage]:
                     _gen, rfer, _rfer_cmpr, excl, _excl_cmpr = _INFO.unpack_from(data)
                     info[qgroupid] = (rfer, excl)
                 else:
-                    flags, max_rfer, *_ = _LIMIT.unpack_from(data)
-                    limits[qgroupid] = max_rfer if flags & ioctl.QGROUP_LIMIT_MAX_RFER else None
+                    limit = ioctl.QgroupLimitItem.from_buffer_copy(data)
+                    limits[qgroupid] = limit.max_rfer if limit.flags & ioctl.QGROUP_LIMIT_MAX_RFER else None
     return {
         qgroupid: QgroupUsage(qgroupid, rfer, excl, limits.get(qgroupid))
         for qgroupid, (rfer, excl) in info.items()

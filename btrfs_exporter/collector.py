@@ -33,15 +33,12 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from btrfs_core.errors import InvalidArgument, NotFound
-from btrfs_core.models import QgroupUsage, QuotaMode, Snapshot, Volume
+from btrfs_core.models import PVC_NAME_KEY, PVC_NAMESPACE_KEY, QgroupUsage, QuotaMode, Snapshot, Volume
 from btrfs_core.pool import Pool
 from btrfs_core.version import driver_version
 from btrfs_exporter.exposition import GaugeRows, LabelSet
 
 log = logging.getLogger(__name__)
-
-PVC_NAME_KEY = "csi.storage.k8s.io/pvc/name"
-PVC_NAMESPACE_KEY = "csi.storage.k8s.io/pvc/namespace"
 
 LAG_NOTE = (
     " Read from the btrfs quota tree at scrape time; btrfs updates qgroup counters when a transaction"

@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from btrfs_core.models import QUOTA_MODE_AUTO, QUOTA_MODE_SETTINGS
+
 DEFAULT_DRIVER_NAME = "btrfs.csi.dev"
-QUOTA_MODES = ("auto", "simple", "full")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -38,7 +39,7 @@ class Config:
     node_id: str
     pool: Path
     driver_name: str = DEFAULT_DRIVER_NAME
-    quota_mode: str = "auto"
+    quota_mode: str = QUOTA_MODE_AUTO
     # Above 1.0 the pool promises volumes more than it can hold: writes may then fail with ENOSPC.
     overprovision: float = 1.0
     metrics_address: tuple[str, int] | None = None  # served by the metrics exporter when set
@@ -133,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--node-id", required=True, help="this node's name; the topology segment value")
     serve.add_argument("--pool", required=True, help="mount point of the btrfs holding the volumes")
     serve.add_argument("--driver-name", default=DEFAULT_DRIVER_NAME)
-    serve.add_argument("--quota-mode", choices=QUOTA_MODES, default="auto")
+    serve.add_argument("--quota-mode", choices=QUOTA_MODE_SETTINGS, default=QUOTA_MODE_AUTO)
     serve.add_argument("--metrics-address", default=None, help="HOST:PORT for the Prometheus exporter")
     serve.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from btrfs_core import mounts
+from btrfs_core import models, mounts
 from btrfs_core.errors import InvalidArgument
 from btrfs_core.ids import check_id
 from btrfs_core.models import Source, SourceKind
@@ -29,11 +29,7 @@ MAX_PATH_BYTES = 4096  # paths override the string limit; PATH_MAX is the real b
 # Keys the kubernetes sidecars add to parameters (--extra-create-metadata): accepted, never refused.
 SIDECAR_PREFIX = "csi.storage.k8s.io/"
 # Of those, the ones kept on the volume so metrics can name the claim without asking the API server.
-VOLUME_METADATA_KEYS = (
-    "csi.storage.k8s.io/pvc/name",
-    "csi.storage.k8s.io/pvc/namespace",
-    "csi.storage.k8s.io/pv/name",
-)
+VOLUME_METADATA_KEYS = (models.PVC_NAME_KEY, models.PVC_NAMESPACE_KEY, models.PV_NAME_KEY)
 # Driver parameters of a StorageClass or VolumeSnapshotClass. None yet: an unknown key is a typo to
 # report, not an option to ignore.
 VOLUME_PARAMETERS: frozenset[str] = frozenset()

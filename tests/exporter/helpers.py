@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from btrfs_exporter.collector import PVC_NAME_KEY, PVC_NAMESPACE_KEY
+from btrfs_core.models import PV_NAME_KEY, PVC_NAME_KEY, PVC_NAMESPACE_KEY
 from btrfs_exporter.exposition import render
 
 Labels = frozenset[tuple[str, str]]
@@ -17,7 +17,7 @@ Labels = frozenset[tuple[str, str]]
 
 def pvc(namespace: str, name: str) -> dict[str, str]:
     """Volume metadata as csi-provisioner --extra-create-metadata passes it."""
-    return {PVC_NAMESPACE_KEY: namespace, PVC_NAME_KEY: name, "csi.storage.k8s.io/pv/name": f"pv-{name}"}
+    return {PVC_NAMESPACE_KEY: namespace, PVC_NAME_KEY: name, PV_NAME_KEY: f"pv-{name}"}
 
 
 def kernel_qgroups(mount: Path) -> dict[int, tuple[int, int, int | None]]:
