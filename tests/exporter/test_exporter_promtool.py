@@ -59,7 +59,7 @@ def test_alert_rules_pass_promtool_check_rules(tmp_path: Path) -> None:
     rules.write_text(alert_rules())
     result = promtool("check", "rules", str(rules))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def without_annotations(rules: str) -> str:
@@ -159,6 +159,16 @@ def unit_tests() -> list[dict[str, Any]]:
                 firing("BtrfsCsiStagingDebrisStuck", "40m", {**NODE, "severity": "warning"}),
             ],
         },
+        {  # a pool remounted read-only for a minute does not alert, one read-only for longer does
+            "interval": "1m",
+            "input_series": [
+                series("btrfs_csi_pool_read_only", "0 1 0x10 1x10", **NODE),
+            ],
+            "alert_rule_test": [
+                firing("BtrfsCsiPoolReadOnly", "5m"),
+                firing("BtrfsCsiPoolReadOnly", "20m", {**NODE, "severity": "critical"}),
+            ],
+        },
         {  # a steady number of stale qgroups (simple quotas holding extents) is not an alert
             "interval": "10m",
             "input_series": [series("btrfs_csi_pool_stale_qgroups", "40x48", **NODE)],
@@ -182,7 +192,7 @@ def unit_tests() -> list[dict[str, Any]]:
 
 def test_alert_rules_fire_as_documented(tmp_path: Path) -> None:
     rules = without_annotations(alert_rules())
-    assert "annotations" not in rules and rules.count("alert: ") == 9
+    assert "annotations" not in rules and rules.count("alert: ") == 10
     (tmp_path / "alerts.yaml").write_text(rules)
     tests = tmp_path / "alerts_test.yaml"  # JSON is YAML
     suite = {"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": unit_tests()}
