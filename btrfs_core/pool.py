@@ -21,6 +21,7 @@ from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import BtrfsCoreError, CapacityOutOfRange, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
 from btrfs_core.models import (
+    QUOTA_MODE_SETTINGS,
     FsUsage,
     NestedScan,
     QgroupUsage,
@@ -90,8 +91,8 @@ class Pool:
         reason = fs.check()
         if reason:
             raise InvalidArgument(f"pool {path}: {reason}")
-        if quota_mode not in ("auto", "simple", "full"):
-            raise InvalidArgument(f"quota mode {quota_mode!r} is not one of auto, simple, full")
+        if quota_mode not in QUOTA_MODE_SETTINGS:
+            raise InvalidArgument(f"quota mode {quota_mode!r} is not one of {', '.join(QUOTA_MODE_SETTINGS)}")
         if not overprovision >= 1.0:
             raise InvalidArgument(f"overprovision ratio {overprovision} is below 1.0")
         pool = cls(path, fs, overprovision)
@@ -407,9 +408,6 @@ class Pool:
         if removed:
             self._commit.commit()
         return removed
-
-    def sync(self) -> None:
-        self._commit.commit()
 
     def rescan_quota(self) -> None:
         """Rescans full qgroup accounting; simple quotas have nothing to rescan."""
