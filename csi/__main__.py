@@ -25,6 +25,7 @@ from csi.controller import ControllerServicer
 from csi.identity import IdentityServicer
 from csi.locks import KeyedTryLock
 from csi.node import NodeServicer
+from csi.peer.server import PeerEndpoint, start_peer_endpoint
 from csi.server import RpcObserver, ServeError, bind_unix_socket, build_server, prepare_socket_path
 
 log = logging.getLogger("csi")
@@ -38,10 +39,14 @@ class Driver:
     config: Config
     pool: Pool
     server: grpc.Server
+    peers: PeerEndpoint | None = None  # with --peer-address: the peer service and client
 
     def stop(self, grace: float | None = None) -> None:
-        self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        grace = self.config.grace_seconds if grace is None else grace
+        self.server.stop(grace).wait()
         self.config.socket_path.unlink(missing_ok=True)
+        if self.peers is not None:
+            self.peers.stop(grace)
 
 
 def start(
@@ -49,7 +54,20 @@ def start(
     pool: Pool,
     observer: RpcObserver | None = None,
 ) -> Driver:
-    """Builds the servicers over an opened pool and serves them on the configured socket."""
+    """Builds the servicers over an opened pool and serves them on the configured socket (and the peer
+    service on its address, when configured)."""
+    peers = start_peer_endpoint(config, pool) if config.peer_address is not None else None
+    try:
+        return _start_csi(config, pool, observer, peers)
+    except BaseException:
+        if peers is not None:
+            peers.stop(0)
+        raise
+
+
+def _start_csi(
+    config: Config, pool: Pool, observer: RpcObserver | None, peers: PeerEndpoint | None
+) -> Driver:
     locks = KeyedTryLock()  # one set for both services: a volume is busy whichever RPC holds it
     # The generated .pyi marks every RPC abstract; at run time the base answers those a servicer leaves
     # out with NotImplementedError, which the interceptor maps to UNIMPLEMENTED.
@@ -62,7 +80,7 @@ def start(
     )
     bind_unix_socket(server, config.socket_path)
     server.start()
-    return Driver(config, pool, server)
+    return Driver(config, pool, server, peers)
 
 
 def serve(config: Config) -> int:
@@ -111,6 +129,7 @@ def serve(config: Config) -> int:
                 "pool": str(config.pool),
                 "quota_mode": status.mode.value,
                 "quota_inconsistent": status.inconsistent,
+                "peer_port": driver.peers.port if driver.peers is not None else None,
             }
         },
     )

@@ -3,6 +3,8 @@
     btrfs-csi serve --endpoint unix:///PATH/csi.sock --node-id NODE --pool /PATH/TO/MOUNTED/BTRFS
                     [--driver-name NAME] [--quota-mode auto|simple|full] [--metrics-address HOST:PORT]
                     [--log-format text|json] [--log-level LEVEL] [--overprovision RATIO]
+                    [--peer-address HOST:PORT --peer-tls-dir DIR
+                     --peers static:NODE=HOST:PORT[,NODE=HOST:PORT...]|kubernetes]
 
 Checks here are the ones that need no kernel: the pool itself is checked by Pool.open at start.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from btrfs_core.models import QUOTA_MODE_AUTO, QUOTA_MODE_SETTINGS
+from csi.peer.directory import host_port
 
 DEFAULT_DRIVER_NAME = "btrfs.csi.dev"
 LOG_FORMATS = ("text", "json")
@@ -33,6 +36,19 @@ class ConfigError(Exception):
     """A flag value the driver refuses; the message is one line naming the flag."""
 
 
+PEERS_KUBERNETES = "kubernetes"
+PEERS_STATIC = "static:"
+
+
+@dataclass(frozen=True)
+class Peers:
+    """--peers: the other node plugins, listed (`static`: node ID and HOST:PORT pairs) or found through
+    the Kubernetes API (`kubernetes`)."""
+
+    static: tuple[tuple[str, str], ...] = ()
+    kubernetes: bool = False
+
+
 @dataclass(frozen=True)
 class Config:
     socket_path: Path  # from --endpoint unix://PATH
@@ -43,6 +59,10 @@ class Config:
     # Above 1.0 the pool promises volumes more than it can hold: writes may then fail with ENOSPC.
     overprovision: float = 1.0
     metrics_address: tuple[str, int] | None = None  # served by the metrics exporter when set
+    # The peer service (cross-node restore and clone): all three set, or none (then no peer traffic).
+    peer_address: tuple[str, int] | None = None
+    peer_tls_dir: Path | None = None
+    peers: Peers | None = None
     log_format: str = "text"
     log_level: str = "INFO"
     max_workers: int = 16  # gRPC worker threads; the CO serialises per volume, so a few suffice
@@ -75,19 +95,40 @@ def parse_endpoint(endpoint: str) -> Path:
     return Path(path)
 
 
-def parse_metrics_address(address: str) -> tuple[str, int]:
+def parse_metrics_address(address: str, flag: str = "--metrics-address") -> tuple[str, int]:
     """HOST:PORT, [IPv6]:PORT or :PORT (all interfaces) -> (host, port)."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit():
-        raise ConfigError(f"--metrics-address {address!r}: expected HOST:PORT, e.g. 0.0.0.0:9842")
+        raise ConfigError(f"{flag} {address!r}: expected HOST:PORT, e.g. 0.0.0.0:9842")
     port = int(port_text)
     if not 0 < port < 65536:
-        raise ConfigError(f"--metrics-address {address!r}: port must be 1-65535")
+        raise ConfigError(f"{flag} {address!r}: port must be 1-65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ConfigError(f"--metrics-address {address!r}: put an IPv6 host in brackets, [{host}]:{port}")
+        raise ConfigError(f"{flag} {address!r}: put an IPv6 host in brackets, [{host}]:{port}")
     return host or "0.0.0.0", port
+
+
+def parse_peers(text: str) -> Peers:
+    """`kubernetes`, or `static:` then NODE=HOST:PORT pairs separated by commas."""
+    if text == PEERS_KUBERNETES:
+        return Peers(kubernetes=True)
+    if not text.startswith(PEERS_STATIC):
+        raise ConfigError(
+            f"--peers {text!r}: expected {PEERS_KUBERNETES} or {PEERS_STATIC}NODE=HOST:PORT[,...]"
+        )
+    nodes: dict[str, str] = {}
+    for item in text[len(PEERS_STATIC) :].split(","):
+        node, sep, address = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--peers {item!r}: expected NODE=HOST:PORT")
+        validate_node_id(node, "--peers")
+        if node in nodes:
+            raise ConfigError(f"--peers: node {node!r} is listed twice")
+        host, port = parse_metrics_address(address, "--peers")
+        nodes[node] = host_port(host, port)
+    return Peers(static=tuple(nodes.items()))
 
 
 def parse_overprovision(text: str) -> float:
@@ -111,10 +152,10 @@ def validate_driver_name(name: str) -> str:
     return name
 
 
-def validate_node_id(node_id: str) -> str:
+def validate_node_id(node_id: str, flag: str = "--node-id") -> str:
     if len(node_id) > _MAX_SEGMENT or not _TOPOLOGY_VALUE.match(node_id):
         raise ConfigError(
-            f"--node-id {node_id!r}: must be 1-63 characters, alphanumeric at both ends, "
+            f"{flag} {node_id!r}: node IDs must be 1-63 characters, alphanumeric at both ends, "
             "with only '-', '_', '.' or alphanumerics between (it is the topology segment value)"
         )
     return node_id
@@ -145,12 +186,40 @@ def _parser() -> argparse.ArgumentParser:
         help="promise volumes up to RATIO times the space the pool has (default 1.0: only what can be"
         " written; above it, writes can fail with ENOSPC once the pool fills)",
     )
+    serve.add_argument(
+        "--peer-address", default=None, help="HOST:PORT of this node's peer service (mutual TLS)"
+    )
+    serve.add_argument(
+        "--peer-tls-dir", default=None, metavar="DIR", help="ca.crt, tls.crt and tls.key (PEM)"
+    )
+    serve.add_argument(
+        "--peers",
+        default=None,
+        help="static:NODE=HOST:PORT[,NODE=HOST:PORT...] or kubernetes (the DaemonSet's pods)",
+    )
     return parser
+
+
+def _peer_flags(args: argparse.Namespace) -> tuple[tuple[str, int] | None, Path | None, Peers | None]:
+    given = [flag for flag in ("peer_address", "peer_tls_dir", "peers") if getattr(args, flag) is not None]
+    if not given:
+        return None, None, None
+    if len(given) < 3:
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
+        raise ConfigError(
+            f"{flags}: the peer service needs all of --peer-address, --peer-tls-dir and --peers"
+        )
+    return (
+        parse_metrics_address(args.peer_address, "--peer-address"),
+        Path(args.peer_tls_dir).absolute(),
+        parse_peers(args.peers),
+    )
 
 
 def parse_args(argv: list[str]) -> Config:
     """The Config for a command line (without the program name); ConfigError says what is wrong."""
     args = _parser().parse_args(argv)
+    peer_address, peer_tls_dir, peers = _peer_flags(args)
     return Config(
         socket_path=parse_endpoint(args.endpoint),
         node_id=validate_node_id(args.node_id),
@@ -161,4 +230,7 @@ def parse_args(argv: list[str]) -> Config:
         log_format=args.log_format,
         log_level=args.log_level,
         overprovision=parse_overprovision(args.overprovision),
+        peer_address=peer_address,
+        peer_tls_dir=peer_tls_dir,
+        peers=peers,
     )

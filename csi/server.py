@@ -20,7 +20,7 @@ import grpc
 
 from csi.errors import status_for, unavailable
 from csi.logging import RPC_LOGGER, request_fields
-from csi.pb import csi_pb2_grpc
+from csi.pb import csi_pb2_grpc, peer_pb2_grpc
 
 log = logging.getLogger(RPC_LOGGER)
 
@@ -196,18 +196,30 @@ def build_server(
     observer: RpcObserver | None = None,
 ) -> grpc.Server:
     """The server with the three CSI services; `observer` (e.g. RPC metrics) is told of every RPC."""
-    server = grpc.server(
+    server = _bounded_server(max_workers, observer or _Unobserved())
+    csi_pb2_grpc.add_IdentityServicer_to_server(identity, server)
+    csi_pb2_grpc.add_ControllerServicer_to_server(controller, server)
+    csi_pb2_grpc.add_NodeServicer_to_server(node, server)
+    return server
+
+
+def build_peer_server(peer: peer_pb2_grpc.PeerServicer, *, max_workers: int) -> grpc.Server:
+    """The server of the peer service, with the same bounds and error mapping; its calls are not CSI
+    calls, so no RPC observer counts them."""
+    server = _bounded_server(max_workers, _Unobserved())
+    peer_pb2_grpc.add_PeerServicer_to_server(peer, server)
+    return server
+
+
+def _bounded_server(max_workers: int, observer: RpcObserver) -> grpc.Server:
+    return grpc.server(
         QueueingExecutor(max_workers, max_queued=max_workers * QUEUED_RPCS_PER_WORKER),
-        interceptors=[ErrorMappingInterceptor(observer or _Unobserved())],
+        interceptors=[ErrorMappingInterceptor(observer)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    csi_pb2_grpc.add_IdentityServicer_to_server(identity, server)
-    csi_pb2_grpc.add_ControllerServicer_to_server(controller, server)
-    csi_pb2_grpc.add_NodeServicer_to_server(node, server)
-    return server
 
 
 def _socket_in_use(path: Path) -> bool:

@@ -1,1 +1,1 @@
-"""Generated CSI v1 stubs: run tools/gen-proto, do not edit."""
+"""Generated stubs (CSI v1, the peer service): run tools/gen-proto, do not edit."""

@@ -22,7 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 OUR_PROTO = REPO / "csi" / "proto" / "csi.proto"
 REFERENCE_PROTO = Path("/work/shared/csi-spec/csi.proto")
 RECORDED_REFERENCE = Path(__file__).parent / "data" / "csi-v1.12.0.descriptor.textproto"
-GENERATED = ("__init__.py", "csi_pb2.py", "csi_pb2.pyi", "csi_pb2_grpc.py", "csi_pb2_grpc.pyi")
+GENERATED = (
+    "__init__.py",
+    *(f"{proto}_pb2{kind}" for proto in ("csi", "peer") for kind in (".py", ".pyi", "_grpc.py", "_grpc.pyi")),
+)
 
 
 def compile_descriptor(proto: Path, workdir: Path) -> descriptor_pb2.FileDescriptorProto:

@@ -1,0 +1,78 @@
+"""Dialling the other node plugins: one TLS channel per node, which must present a certificate naming
+that node (peers are dialled by address, so the name to check is given explicitly)."""
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+
+from btrfs_core.models import Source
+from csi.pb import peer_pb2, peer_pb2_grpc
+from csi.peer.directory import PeerDirectory
+from csi.peer.service import object_ref
+from csi.peer.tls import TlsMaterial
+
+log = logging.getLogger("csi.peer")
+
+LOCATE_TIMEOUT_SECONDS = 5.0  # an unreachable node must not hold up the search on the others
+LOCATE_PARALLELISM = 8
+
+
+class PeerClient:
+    def __init__(self, node_id: str, directory: PeerDirectory, tls: TlsMaterial) -> None:
+        self._node_id = node_id
+        self._directory = directory
+        self._credentials = tls.channel_credentials()
+        self._lock = threading.Lock()
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
+
+    def _stub(self, node: str, address: str) -> peer_pb2_grpc.PeerStub:
+        with self._lock:
+            channel = self._channels.get((node, address))
+            if channel is None:
+                channel = grpc.secure_channel(
+                    address, self._credentials, options=[("grpc.ssl_target_name_override", node)]
+                )
+                self._channels[(node, address)] = channel
+        return peer_pb2_grpc.PeerStub(channel)
+
+    def locate(self, source: Source) -> tuple[str, int] | None:
+        """A node other than this one that holds `source`, and the source's size; None when none does
+        (or none that answers)."""
+        others = sorted(
+            (node, address) for node, address in self._directory.addresses().items() if node != self._node_id
+        )
+        if not others:
+            return None
+        request = peer_pb2.LocateRequest(objects=[object_ref(source)])
+        with futures.ThreadPoolExecutor(min(LOCATE_PARALLELISM, len(others))) as pool:
+            answers = pool.map(lambda peer: self._ask(peer[0], peer[1], request), others)
+            for (node, _), held in zip(others, answers, strict=True):
+                if held is not None:
+                    return node, held
+        return None
+
+    def _ask(self, node: str, address: str, request: peer_pb2.LocateRequest) -> int | None:
+        try:
+            response = self._stub(node, address).Locate(request, timeout=LOCATE_TIMEOUT_SECONDS)
+        except grpc.RpcError as exc:
+            log.warning(
+                "peer did not answer",
+                extra={
+                    "fields": {
+                        "peer": node,
+                        "address": address,
+                        "code": exc.code().name,
+                        "error": exc.details(),
+                    }
+                },
+            )
+            return None
+        return response.held[0].size_bytes if response.held else None
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
