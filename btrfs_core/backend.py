@@ -5,9 +5,9 @@ import errno
 from pathlib import Path
 from typing import Protocol
 
-from btrfs_core import filesystem, mounts, quota, subvolume
+from btrfs_core import filesystem, mounts, properties, quota, subvolume
 from btrfs_core.errors import KernelError
-from btrfs_core.models import FsUsage, PoolSpace, QgroupUsage, QuotaMode, QuotaStatus, SubvolumeInfo
+from btrfs_core.models import FsUsage, PoolSpace, QgroupUsage, QuotaMode, QuotaStatus, SubvolumeInfo, Tuning
 
 
 class Backend(Protocol):
@@ -33,6 +33,8 @@ class Backend(Protocol):
     def nested_subvolumes(self, path: Path) -> list[str]: ...
     def subvolume_info(self, path: Path) -> SubvolumeInfo: ...
     def set_readonly(self, path: Path, readonly: bool) -> None: ...
+    # Makes a subvolume root carry exactly this compression property and nodatacow flag.
+    def apply_tuning(self, path: Path, tuning: Tuning) -> None: ...
     def quota_status(self) -> QuotaStatus: ...
     def enable_quota(self, mode: QuotaMode) -> None: ...
     def rescan_quota(self) -> None: ...
@@ -112,6 +114,9 @@ class KernelBackend(PlainFiles):
 
     def set_readonly(self, path: Path, readonly: bool) -> None:
         subvolume.set_readonly(path, readonly)
+
+    def apply_tuning(self, path: Path, tuning: Tuning) -> None:
+        properties.apply(path, tuning)
 
     def quota_status(self) -> QuotaStatus:
         return quota.status(self.root)

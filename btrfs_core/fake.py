@@ -20,6 +20,7 @@ from btrfs_core.models import (
     QuotaMode,
     QuotaStatus,
     SubvolumeInfo,
+    Tuning,
 )
 
 _ID_XATTR = "user.fake-btrfs.id"
@@ -157,6 +158,9 @@ class FakeBackend(PlainFiles):
             info.otime,
             readonly,
         )
+
+    def apply_tuning(self, path: Path, tuning: Tuning) -> None:
+        self._id(path)  # the fake stores data as written: there is nothing to compress or copy
 
     def quota_status(self) -> QuotaStatus:
         return QuotaStatus(self.mode, self.inconsistent, rescan_running=False)

@@ -27,15 +27,16 @@ U64_MAX = (1 << 64) - 1
 _NONE, _WRITE, _READ = 0, 1, 2
 
 
-def _ioc(direction: int, nr: int, size: int) -> int:
-    """_IOC(direction, BTRFS_IOCTL_MAGIC, nr, size) in the asm-generic layout (asm-generic/ioctl.h):
+def _ioc(direction: int, nr: int, size: int, magic: int = 0x94) -> int:
+    """_IOC(direction, magic, nr, size) in the asm-generic layout (asm-generic/ioctl.h), the magic
+    BTRFS_IOCTL_MAGIC unless given:
     2 direction bits, 14 size bits, 8 type bits, 8 number bits, with _IOC_WRITE 1 and _IOC_READ 2.
 
     That layout holds on x86, arm, arm64, riscv, s390 and loongarch. powerpc, mips, sparc and alpha use
     3 direction bits, 13 size bits and other direction values, and parisc swaps READ and WRITE: on those
     the numbers here would be wrong.
     """
-    return (direction << 30) | (size << 16) | (0x94 << 8) | nr
+    return (direction << 30) | (size << 16) | (magic << 8) | nr
 
 
 class VolArgs(ctypes.Structure):
@@ -205,6 +206,10 @@ IOC_QGROUP_LIMIT = _ioc(_READ, 43, ctypes.sizeof(QgroupLimitArgs))  # declared _
 IOC_QUOTA_RESCAN = _ioc(_WRITE, 44, ctypes.sizeof(QuotaRescanArgs))
 IOC_QUOTA_RESCAN_WAIT = _ioc(_NONE, 46, 0)
 IOC_GET_SUBVOL_INFO = _ioc(_READ, 60, ctypes.sizeof(GetSubvolInfoArgs))
+# linux/fs.h: FS_IOC_GETFLAGS _IOR('f', 1, long), FS_IOC_SETFLAGS _IOW('f', 2, long) (the kernel reads an int)
+FS_IOC_GETFLAGS = _ioc(_READ, 1, ctypes.sizeof(ctypes.c_long), ord("f"))
+FS_IOC_SETFLAGS = _ioc(_WRITE, 2, ctypes.sizeof(ctypes.c_long), ord("f"))
+FS_NOCOW_FL = 0x00800000  # data overwritten in place: no copy-on-write, no checksums, no compression
 
 assert ctypes.sizeof(VolArgsV2) == 4096 and ctypes.sizeof(GetSubvolInfoArgs) == 504
 assert ctypes.sizeof(DevInfoArgs) == 4096 and ctypes.sizeof(FsInfoArgs) == 1024
@@ -256,7 +261,7 @@ def error_from_os(operation: str, target: str, exc: OSError) -> BtrfsCoreError:
 def call(
     fd: int,
     request: int,
-    arg: ctypes.Structure | ctypes.c_uint64 | bytearray | int,
+    arg: ctypes.Structure | ctypes.c_uint64 | ctypes.c_long | bytearray | int,
     operation: str,
     target: str,
 ) -> None:

@@ -4,13 +4,19 @@ Each object's metadata is one JSON object in an extended attribute of its subvol
 (the backend names the attribute: trusted.* on the kernel, where a pod can neither read nor forge it):
 
     volume    <xattr>           {"version", "kind": "volume", "name", "capacity", "qgroup", "source",
-                                 "metadata"}
-    snapshot  <xattr>.snapshot  {"version", "kind": "snapshot", "name", "source_volume_id", "size"}
+                                 "metadata", "tuning"}
+    snapshot  <xattr>.snapshot  {"version", "kind": "snapshot", "name", "source_volume_id", "size",
+                                 "tuning"}
     pool root <xattr>.quota-mode {"version", "quota_mode"}
 
 A snapshot's metadata has its own attribute so that a restore, which copies the snapshot's attributes,
 never mistakes it for its own. Metadata written before the version field existed has the fields of
 version 1 and reads as such.
+
+A field added later is optional and has a default: "tuning" ({"compression": "zstd:3" or null,
+"nodatacow": bool}) is absent from metadata written before it existed and reads as no tuning, and a
+driver that predates it ignores it (the kernel keeps applying the properties). So adding one keeps
+the version; the version grows only when a field changes meaning, which an older driver must refuse.
 
 Reading tells a refusal from a failure: an object without our attribute is not ours (NotFound); an
 attribute that cannot be read (EIO, EACCES, ...) is a failure and raised as one, never taken for absence.
@@ -25,7 +31,17 @@ from typing import Any, Protocol, TypeVar
 
 from btrfs_core import quota
 from btrfs_core.errors import AlreadyExists, BtrfsCoreError, NotFound
-from btrfs_core.models import QuotaMode, Snapshot, Source, SourceKind, SubvolumeInfo, Volume
+from btrfs_core.models import (
+    NO_TUNING,
+    Compression,
+    QuotaMode,
+    Snapshot,
+    Source,
+    SourceKind,
+    SubvolumeInfo,
+    Tuning,
+    Volume,
+)
 
 VERSION = 1
 T = TypeVar("T")
@@ -60,7 +76,12 @@ def decode(raw: bytes, where: Path) -> dict[str, Any]:
 
 
 def volume_fields(
-    name: str, capacity: int, qgroup: int, source: Source | None, metadata: Mapping[str, str]
+    name: str,
+    capacity: int,
+    qgroup: int,
+    source: Source | None,
+    metadata: Mapping[str, str],
+    tuning: Tuning = NO_TUNING,
 ) -> dict[str, Any]:
     return {
         "kind": "volume",
@@ -69,11 +90,32 @@ def volume_fields(
         "qgroup": qgroup,
         "source": {"kind": source.kind.value, "id": source.id} if source else None,
         "metadata": dict(metadata),
+        "tuning": tuning_fields(tuning),
     }
 
 
-def snapshot_fields(name: str, source_volume_id: str, size: int) -> dict[str, Any]:
-    return {"kind": "snapshot", "name": name, "source_volume_id": source_volume_id, "size": size}
+def snapshot_fields(
+    name: str, source_volume_id: str, size: int, tuning: Tuning = NO_TUNING
+) -> dict[str, Any]:
+    return {
+        "kind": "snapshot",
+        "name": name,
+        "source_volume_id": source_volume_id,
+        "size": size,
+        "tuning": tuning_fields(tuning),
+    }
+
+
+def tuning_fields(tuning: Tuning) -> dict[str, Any]:
+    compression = tuning.compression
+    return {"compression": str(compression) if compression else None, "nodatacow": tuning.nodatacow}
+
+
+def tuning_of(meta: Mapping[str, Any]) -> Tuning:
+    """The tuning in an object's metadata; none for metadata written before tuning existed."""
+    fields = meta.get("tuning") or {}
+    compression = fields.get("compression")
+    return Tuning(Compression.parse(compression) if compression else None, bool(fields.get("nodatacow")))
 
 
 def group_of(meta: Mapping[str, Any]) -> int | None:
@@ -133,6 +175,7 @@ class MetadataStore:
             qgroup=group_of(meta) or info.id,
             created=info.otime,
             metadata=dict(meta.get("metadata", {})),
+            tuning=tuning_of(meta),
         )
 
     def snapshot(self, path: Path) -> Snapshot:
@@ -147,6 +190,7 @@ class MetadataStore:
             size=meta["size"],
             subvolume_id=info.id,
             created=info.otime,
+            tuning=tuning_of(meta),
         )
 
     def qgroup_at(self, path: Path) -> int:

@@ -4,6 +4,8 @@ import enum
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from btrfs_core.errors import InvalidArgument
+
 
 class QuotaMode(enum.Enum):
     OFF = "off"
@@ -20,6 +22,81 @@ QUOTA_MODE_SETTINGS = (QUOTA_MODE_AUTO, QuotaMode.SIMPLE.value, QuotaMode.FULL.v
 PVC_NAME_KEY = "csi.storage.k8s.io/pvc/name"
 PVC_NAMESPACE_KEY = "csi.storage.k8s.io/pvc/namespace"
 PV_NAME_KEY = "csi.storage.k8s.io/pv/name"
+
+# The volume tuning keys of StorageClass parameters and VolumeAttributesClass mutable_parameters.
+COMPRESSION_KEY = "compression"
+NODATACOW_KEY = "nodatacow"
+
+
+class Algorithm(enum.Enum):
+    NONE = "none"  # never compress, whatever the pool is mounted with
+    ZSTD = "zstd"
+    LZO = "lzo"
+    ZLIB = "zlib"
+
+
+# The levels each algorithm takes ("zstd:3"); the kernel accepts levels beyond these (zstd:16), so the
+# range is checked here.
+MAX_LEVEL = {Algorithm.ZSTD: 15, Algorithm.ZLIB: 9}
+
+
+@dataclass(frozen=True)
+class Compression:
+    """A value of the btrfs.compression property: an algorithm and, for zstd and zlib, a level."""
+
+    algorithm: Algorithm
+    level: int | None = None  # None: the kernel's default level for the algorithm
+
+    def __post_init__(self) -> None:
+        top = MAX_LEVEL.get(self.algorithm)
+        if self.level is not None and (top is None or not 1 <= self.level <= top):
+            raise InvalidArgument(f"compression {self}: {_levels(self.algorithm)}")
+
+    def __str__(self) -> str:
+        return self.algorithm.value if self.level is None else f"{self.algorithm.value}:{self.level}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Compression":
+        """'zstd', 'zstd:1'...'zstd:15', 'lzo', 'zlib', 'zlib:1'...'zlib:9' or 'none'."""
+        name, colon, level = text.partition(":")
+        try:
+            algorithm = Algorithm(name)
+        except ValueError:
+            raise InvalidArgument(f"compression {text!r} is not one of {COMPRESSION_CHOICES}") from None
+        if not colon:
+            return cls(algorithm)
+        if not (level.isascii() and level.isdigit()):
+            raise InvalidArgument(f"compression {text!r}: {_levels(algorithm)}")
+        return cls(algorithm, int(level))
+
+
+COMPRESSION_CHOICES = "none, zstd, zstd:1...zstd:15, lzo, zlib, zlib:1...zlib:9"
+
+
+def _levels(algorithm: Algorithm) -> str:
+    top = MAX_LEVEL.get(algorithm)
+    return f"{algorithm.value} takes a level from 1 to {top}" if top else f"{algorithm.value} takes no level"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How btrfs stores a volume's data, set on its subvolume root and inherited by new files."""
+
+    # The btrfs.compression property; None: none set, the pool's mount options decide.
+    compression: Compression | None = None
+    # FS_NOCOW_FL: data overwritten in place, without checksums or compression. Fixed at creation.
+    nodatacow: bool = False
+
+
+NO_TUNING = Tuning()
+
+
+@dataclass(frozen=True)
+class TuningRequest:
+    """The tuning a CreateVolume asks for; None: not asked (a new volume's default, a clone's source's)."""
+
+    compression: Compression | None = None
+    nodatacow: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +176,7 @@ class Volume:
     qgroup: int
     created: float
     metadata: dict[str, str] = field(default_factory=dict)  # PVC name/namespace, PV name
+    tuning: Tuning = NO_TUNING
 
 
 @dataclass(frozen=True)
@@ -109,6 +187,7 @@ class Snapshot:
     size: int  # the source volume's capacity when taken: the least a restore needs
     subvolume_id: int
     created: float
+    tuning: Tuning = NO_TUNING  # the source's when taken: what a restore keeps unless it asks otherwise
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import BtrfsCoreError, CapacityOutOfRange, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
 from btrfs_core.models import (
+    NO_TUNING,
     QUOTA_MODE_SETTINGS,
+    Compression,
     FsUsage,
     NestedScan,
     QgroupUsage,
@@ -30,6 +32,8 @@ from btrfs_core.models import (
     Snapshot,
     Source,
     SourceKind,
+    Tuning,
+    TuningRequest,
     Volume,
     VolumeHealth,
 )
@@ -37,6 +41,7 @@ from btrfs_core.qgroups import VolumeQgroups
 from btrfs_core.shared import PoolShared
 from btrfs_core.snapshots import Snapshots, refuse_nested
 from btrfs_core.staging import Debris, Staging
+from btrfs_core.tuning import VolumeTuning, check_same_tuning, resolve_tuning
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -61,6 +66,7 @@ class Pool:
         self._snapshots = Snapshots(
             shared, self._qgroups, self._staging, self._health.check_writable, self.get_volume
         )
+        self._tuning = VolumeTuning(shared, self.volume_path, self._health.check_writable)
         self._capacities = Capacities(
             backend,
             self._meta,
@@ -168,34 +174,49 @@ class Pool:
         source: Source | None = None,
         metadata: Mapping[str, str] | None = None,
         limit: int = 0,
+        tuning: TuningRequest | None = None,
     ) -> Volume:
         """A new volume, empty or an instant writable snapshot of `source`, of at least `required` and
         at most `limit` bytes (0: no bound): the CSI capacity range, decided here (`capacity.capacity_for`).
+        `tuning`: what was asked; the rest is none for a new volume, the source's for a clone or restore.
 
-        Idempotent: an existing volume of this name, source and metadata whose capacity lies in the
-        range is the answer; any other volume under the same name raises AlreadyExists.
+        Idempotent: an existing volume of this name, source, metadata and tuning whose capacity lies in
+        the range is the answer; any other volume under the same name raises AlreadyExists.
         """
         volume_id = self.volume_id(name)
         check_range(required, limit)
         wanted = dict(metadata or {})
+        asked = tuning or TuningRequest()
         with self._lock:
             existing = self._meta.existing(self.volumes_dir / volume_id, self._meta.volume)
             if existing is not None:
                 check_same_volume(existing, name, required, limit, source, wanted)
+                check_same_tuning(existing, asked, source is not None)
             else:
-                size = self._source_size(source) if source is not None else 0
+                size, base = self._source_of(source) if source is not None else (0, NO_TUNING)
                 capacity = capacity_for(required, limit, source, size)
-                existing = self._build_volume(volume_id, name, capacity, source, wanted)
+                tuned = resolve_tuning(asked, base, f"{source.kind.value} {source.id}" if source else name)
+                existing = self._build_volume(volume_id, name, capacity, source, wanted, tuned, base)
         self._commit.commit()
         return existing
 
-    def _source_size(self, source: Source) -> int:
+    def _source_of(self, source: Source) -> tuple[int, Tuning]:
+        """The least size a volume made from `source` may have, and the tuning it keeps by default."""
         if source.kind is SourceKind.SNAPSHOT:
-            return self._meta.snapshot(self._snapshots.path(source.id)).size
-        return self._meta.volume(self.volume_path(source.id)).capacity
+            snapshot = self._meta.snapshot(self._snapshots.path(source.id))
+            return snapshot.size, snapshot.tuning
+        volume = self._meta.volume(self.volume_path(source.id))
+        return volume.capacity, volume.tuning
 
     def _build_volume(
-        self, volume_id: str, name: str, capacity: int, source: Source | None, meta: dict[str, str]
+        self,
+        volume_id: str,
+        name: str,
+        capacity: int,
+        source: Source | None,
+        meta: dict[str, str],
+        tuned: Tuning,
+        base: Tuning,
     ) -> Volume:
         origin = self._source_path(source, capacity)
         self._health.check_writable(limits=True)
@@ -214,7 +235,9 @@ class Pool:
                 self._fs.snapshot(origin, staged, readonly=False, qgroup=group)
                 if source and source.kind is SourceKind.VOLUME:  # one a pod nested meanwhile
                     refuse_nested(self._fs, origin, f"volume {source.id}")
-            self._meta.write(staged, metadata.volume_fields(name, capacity, group, source, meta))
+            if tuned != base:  # a new subvolume has none; a snapshot carries its source's
+                self._fs.apply_tuning(staged, tuned)
+            self._meta.write(staged, metadata.volume_fields(name, capacity, group, source, meta, tuned))
             self._meta.forget_snapshot(staged)  # copied from a snapshot source
             # The limit on the level-1 qgroup only: a read-only snapshot of the volume inherits
             # nothing from its 0/N.
@@ -336,6 +359,10 @@ class Pool:
                 volume = self._meta.volume(path)
         self._commit.commit()
         return volume
+
+    def modify_volume(self, volume_id: str, compression: Compression) -> Volume:
+        """Sets the compression of a volume, published or not (see VolumeTuning.modify)."""
+        return self._tuning.modify(volume_id, compression)
 
     # snapshots
 

@@ -71,7 +71,7 @@ class Snapshots:
         # charged to, the source, which may be full to its limit or made read-only by its owner.
         origin = self._volumes_dir / source.id
         refuse_nested(self._fs, origin, f"volume {source.id}")
-        fields = metadata.snapshot_fields(name, source.id, source.capacity)
+        fields = metadata.snapshot_fields(name, source.id, source.capacity, source.tuning)
         staged = self.dir / f".{snapshot_id}.{secrets.token_hex(4)}"
         try:
             self._fs.snapshot(origin, staged, readonly=False)

@@ -38,8 +38,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         self._pool = pool
         self._locks = locks
 
-    def _volume_message(self, volume: Volume) -> csi_pb2.Volume:
-        return volume_message(volume, self._config.topology)
+    def _volume_message(self, volume: Volume, context: bool = False) -> csi_pb2.Volume:
+        return volume_message(volume, self._config.topology, context)
 
     # volumes
 
@@ -49,7 +49,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         name = v.required_name(request.name)
         v.supported_capabilities(request.volume_capabilities)
         parameters = v.parameters(request.parameters, v.VOLUME_PARAMETERS)
-        v.no_mutable_parameters(request.mutable_parameters)
+        tuning = v.tuning(parameters, v.mutable_parameters(request.mutable_parameters))
         capacity_range = request.capacity_range if request.HasField("capacity_range") else None
         required, limit = v.capacity_bounds(capacity_range)
         source = (
@@ -65,7 +65,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         metadata = v.volume_metadata(parameters)
         with self._locks.hold(volume_key(volume_id)):
             # The core decides the capacity from the range and judges an existing volume by it.
-            volume = self._pool.create_volume(name, required, source, metadata, limit=limit)
+            volume = self._pool.create_volume(name, required, source, metadata, limit=limit, tuning=tuning)
         return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume))
 
     def DeleteVolume(
@@ -84,11 +84,10 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         caps = v.capabilities(request.volume_capabilities)
         self._pool.get_volume(volume_id)
         reason = v.unsupported_reason(caps)
-        if reason is None and request.mutable_parameters:
-            reason = "mutable_parameters are not supported (no MODIFY_VOLUME capability)"
         if reason is None:
             try:
-                v.parameters(request.parameters, v.VOLUME_PARAMETERS)
+                parameters = v.parameters(request.parameters, v.VOLUME_PARAMETERS)
+                v.tuning(parameters, v.mutable_parameters(request.mutable_parameters))
             except CsiError as exc:
                 reason = exc.message
         if reason is not None:
@@ -97,6 +96,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             volume_context=request.volume_context,
             volume_capabilities=request.volume_capabilities,
             parameters=request.parameters,
+            mutable_parameters=request.mutable_parameters,
         )
         return csi_pb2.ValidateVolumeCapabilitiesResponse(confirmed=confirmed)
 
@@ -111,7 +111,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         Entry, Status = csi_pb2.ListVolumesResponse.Entry, csi_pb2.ListVolumesResponse.VolumeStatus
         entries = [
             Entry(
-                volume=self._volume_message(volume),
+                volume=self._volume_message(volume, context=True),
                 status=Status(volume_condition=condition_message(health)),
             )
             for volume, health in zip(page, self._pool.volumes_health(page), strict=True)
@@ -144,7 +144,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         status = csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
             volume_condition=condition_message(self._pool.volume_health(volume_id))
         )
-        return csi_pb2.ControllerGetVolumeResponse(volume=self._volume_message(volume), status=status)
+        return csi_pb2.ControllerGetVolumeResponse(volume=self._volume_message(volume, True), status=status)
 
     def ControllerGetCapabilities(
         self, request: csi_pb2.ControllerGetCapabilitiesRequest, context: grpc.ServicerContext

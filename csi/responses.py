@@ -4,7 +4,15 @@ from collections.abc import Mapping
 
 from google.protobuf import timestamp_pb2
 
-from btrfs_core.models import Snapshot, Source, SourceKind, Volume, VolumeHealth
+from btrfs_core.models import (
+    COMPRESSION_KEY,
+    NODATACOW_KEY,
+    Snapshot,
+    Source,
+    SourceKind,
+    Volume,
+    VolumeHealth,
+)
 from csi.pb import csi_pb2
 
 
@@ -33,11 +41,21 @@ def condition_message(health: VolumeHealth) -> csi_pb2.VolumeCondition:
     return csi_pb2.VolumeCondition(abnormal=health.abnormal, message=health.message)
 
 
-def volume_message(volume: Volume, topology: Mapping[str, str]) -> csi_pb2.Volume:
-    # No volume_context: publishing needs nothing beyond the ID, and the context must hold no secret.
+def volume_message(volume: Volume, topology: Mapping[str, str], context: bool = False) -> csi_pb2.Volume:
+    """With `context`, the volume's tuning as volume_context (ControllerGetVolume, ListVolumes).
+    CreateVolume answers without: the PersistentVolume would keep that copy, stale after a modify, and
+    publishing needs nothing beyond the ID."""
     return csi_pb2.Volume(
         capacity_bytes=volume.capacity,
         volume_id=volume.id,
         content_source=content_source_message(volume.source),
         accessible_topology=[csi_pb2.Topology(segments=topology)],
+        volume_context=tuning_context(volume) if context else None,
     )
+
+
+def tuning_context(volume: Volume) -> dict[str, str]:
+    """The tuning under the parameter keys that set it; no compression key when none is set."""
+    compression = volume.tuning.compression
+    context = {NODATACOW_KEY: str(volume.tuning.nodatacow).lower()}
+    return {COMPRESSION_KEY: str(compression), **context} if compression else context

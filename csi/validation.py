@@ -30,10 +30,13 @@ MAX_PATH_BYTES = 4096  # paths override the string limit; PATH_MAX is the real b
 SIDECAR_PREFIX = "csi.storage.k8s.io/"
 # Of those, the ones kept on the volume so metrics can name the claim without asking the API server.
 VOLUME_METADATA_KEYS = (models.PVC_NAME_KEY, models.PVC_NAMESPACE_KEY, models.PV_NAME_KEY)
-# Driver parameters of a StorageClass or VolumeSnapshotClass. None yet: an unknown key is a typo to
+# Driver parameters of a StorageClass, of a VolumeAttributesClass (mutable_parameters: what
+# ControllerModifyVolume may change) and of a VolumeSnapshotClass (none). An unknown key is a typo to
 # report, not an option to ignore.
-VOLUME_PARAMETERS: frozenset[str] = frozenset()
+VOLUME_PARAMETERS = frozenset({models.COMPRESSION_KEY, models.NODATACOW_KEY})
+MUTABLE_PARAMETERS = frozenset({models.COMPRESSION_KEY})
 SNAPSHOT_PARAMETERS: frozenset[str] = frozenset()
+BOOLEANS = {"true": True, "false": False}
 
 # CSI names may hold any Unicode except these control characters (CreateVolumeRequest.name).
 _BANNED_NAME_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -244,18 +247,51 @@ def parameters(values: Mapping[str, str], known: frozenset[str], field: str = "p
         raise invalid(f"{field} exceed {MAX_MAP_BYTES} bytes")
     for key in sorted(values):
         if key not in known and not key.startswith(SIDECAR_PREFIX):
-            raise invalid(f"{field}: unknown key {shown(key)}; this driver takes none of its own")
+            takes = ", ".join(sorted(known)) or "none of its own"
+            raise invalid(f"{field}: unknown key {shown(key)}; this driver takes {takes}")
     return dict(values)
+
+
+def mutable_parameters(values: Mapping[str, str], field: str = "mutable_parameters") -> dict[str, str]:
+    """parameters() of a VolumeAttributesClass: what ControllerModifyVolume may change."""
+    if models.NODATACOW_KEY in values:
+        raise invalid(
+            f"{field}.{models.NODATACOW_KEY} cannot change after creation (files already written keep "
+            "their copy-on-write state): set it in the StorageClass parameters"
+        )
+    return parameters(values, MUTABLE_PARAMETERS, field)
+
+
+def compression(values: Mapping[str, str], field: str) -> models.Compression | None:
+    """The compression a map names, None when it names none."""
+    text = values.get(models.COMPRESSION_KEY)
+    if text is None:
+        return None
+    try:
+        return models.Compression.parse(text)
+    except InvalidArgument as exc:
+        raise invalid(f"{field}.{models.COMPRESSION_KEY}: {exc}") from None
+
+
+def tuning(params: Mapping[str, str], mutable: Mapping[str, str]) -> models.TuningRequest:
+    """The tuning a CreateVolume asks for: StorageClass parameters, and a VolumeAttributesClass's
+    mutable_parameters over them (the class a claim can move to later is the one that stays true)."""
+    text = params.get(models.NODATACOW_KEY)
+    if text is not None and text not in BOOLEANS:
+        raise invalid(f'parameters.{models.NODATACOW_KEY} {shown(text)} is not "true" or "false"')
+    nodatacow = None if text is None else BOOLEANS[text]
+    asked = compression(mutable, "mutable_parameters") or compression(params, "parameters")
+    if nodatacow and asked is not None and asked.algorithm is not models.Algorithm.NONE:
+        raise invalid(
+            f"parameters.{models.NODATACOW_KEY} true cannot go with {models.COMPRESSION_KEY} {asked}: data "
+            "written in place is never compressed (use compression none, or nodatacow false)"
+        )
+    return models.TuningRequest(asked, nodatacow)
 
 
 def volume_metadata(values: Mapping[str, str]) -> dict[str, str]:
     """The claim and volume names the provisioner passed, to keep on the volume."""
     return {key: values[key] for key in VOLUME_METADATA_KEYS if values.get(key)}
-
-
-def no_mutable_parameters(values: Mapping[str, str], field: str = "mutable_parameters") -> None:
-    if values:
-        raise invalid(f"{field} are not supported (no MODIFY_VOLUME capability)")
 
 
 # content source

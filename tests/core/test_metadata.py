@@ -8,6 +8,7 @@ import pytest
 
 from btrfs_core import metadata
 from btrfs_core.errors import BtrfsCoreError, NotFound
+from btrfs_core.models import NO_TUNING, Algorithm, Compression, Tuning
 
 
 def test_metadata_is_written_with_its_version() -> None:
@@ -18,6 +19,7 @@ def test_metadata_is_written_with_its_version() -> None:
         "name": "snap",
         "source_volume_id": "pvc-a",
         "size": 1 << 20,
+        "tuning": {"compression": None, "nodatacow": False},
     }
 
 
@@ -37,3 +39,23 @@ def test_metadata_of_a_newer_version_is_a_failure_not_absence() -> None:
 def test_what_is_not_metadata_of_ours_is_not_found(raw: bytes) -> None:
     with pytest.raises(NotFound):
         metadata.decode(raw, Path("volumes/alien"))
+
+
+def test_metadata_written_before_tuning_reads_as_no_tuning() -> None:
+    old = {"version": 1, "kind": "volume", "name": "pvc-old", "capacity": 1 << 20, "qgroup": 1 << 48}
+    assert metadata.tuning_of(metadata.decode(json.dumps(old).encode(), Path("volumes/pvc-old"))) == NO_TUNING
+
+
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        Tuning(Compression(Algorithm.ZSTD, 15)),
+        Tuning(Compression(Algorithm.LZO)),
+        Tuning(None, nodatacow=True),
+    ],
+)
+def test_tuning_reads_back_as_written(tuning: Tuning) -> None:
+    fields = metadata.volume_fields("pvc-a", 1 << 20, 1 << 48, None, {}, tuning)
+    raw = metadata.encode(fields)
+    assert json.loads(raw)["version"] == 1  # an optional field: metadata older drivers still read
+    assert metadata.tuning_of(metadata.decode(raw, Path("volumes/pvc-a"))) == tuning
