@@ -360,8 +360,9 @@ class Pool:
         self._commit.commit()
         return volume
 
-    def modify_volume(self, volume_id: str, compression: Compression) -> Volume:
-        """Sets the compression of a volume, published or not (see VolumeTuning.modify)."""
+    def modify_volume(self, volume_id: str, compression: Compression | None) -> Volume:
+        """Sets the compression of a volume, published or not (see VolumeTuning.modify); None
+        changes nothing (NotFound all the same for a volume that does not exist)."""
         return self._tuning.modify(volume_id, compression)
 
     # snapshots

@@ -68,13 +68,15 @@ class VolumeTuning:
         self._volume_path = volume_path
         self._check_writable = check_writable
 
-    def modify(self, volume_id: str, compression: Compression) -> Volume:
+    def modify(self, volume_id: str, compression: Compression | None) -> Volume:
         """Sets a volume's compression, published or not; idempotent. Answers once the property and
         the metadata are committed: the property first, so the metadata never claims what the kernel
         does not do (a crash in between leaves the old metadata, and the CO retries)."""
         with self._lock:
             path = self._volume_path(volume_id)
             volume = self._meta.volume(path)
+            if compression is None:
+                return volume
             tuning = resolve_tuning(
                 TuningRequest(compression=compression), volume.tuning, f"volume {volume_id}"
             )

@@ -12,6 +12,7 @@ from btrfs_core.models import Snapshot, Volume
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from csi import validation as v
 from csi.config import Config
+from csi.elsewhere import NotHeld
 from csi.errors import CsiError
 from csi.locks import KeyedTryLock, snapshot_key, volume_key
 from csi.pb import csi_pb2, csi_pb2_grpc
@@ -29,6 +30,7 @@ CAPABILITIES = (
     RPC.VOLUME_CONDITION,
     RPC.SINGLE_NODE_MULTI_WRITER,
     RPC.GET_SNAPSHOT,
+    RPC.MODIFY_VOLUME,
 )
 
 
@@ -37,6 +39,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         self._config = config
         self._pool = pool
         self._locks = locks
+        self._not_held = NotHeld(config.node_id)
 
     def _volume_message(self, volume: Volume, context: bool = False) -> csi_pb2.Volume:
         return volume_message(volume, self._config.topology, context)
@@ -146,6 +149,19 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         )
         return csi_pb2.ControllerGetVolumeResponse(volume=self._volume_message(volume, True), status=status)
 
+    def ControllerModifyVolume(
+        self, request: csi_pb2.ControllerModifyVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerModifyVolumeResponse:
+        volume_id = v.required_id(request.volume_id, "volume_id")
+        mutable = v.mutable_parameters(request.mutable_parameters)
+        compression = v.compression(mutable, "mutable_parameters")
+        with self._locks.hold(volume_key(volume_id)):
+            try:
+                self._pool.modify_volume(volume_id, compression)
+            except NotFound:
+                self._not_held.modify(volume_id, mutable)  # held by another node, or by none
+        return csi_pb2.ControllerModifyVolumeResponse()
+
     def ControllerGetCapabilities(
         self, request: csi_pb2.ControllerGetCapabilitiesRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerGetCapabilitiesResponse:
@@ -214,4 +230,4 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
 
     # Not here, so UNIMPLEMENTED (the generated base raises NotImplementedError): ControllerPublishVolume
     # and ControllerUnpublishVolume (node-local volumes need no attach step), ControllerExpandVolume
-    # (expansion happens on the node), ControllerModifyVolume (no mutable parameters).
+    # (expansion happens on the node).

@@ -67,6 +67,7 @@ def test_controller_capabilities(csi: Client) -> None:
         RPC.VOLUME_CONDITION,
         RPC.SINGLE_NODE_MULTI_WRITER,
         RPC.GET_SNAPSHOT,
+        RPC.MODIFY_VOLUME,
     }
 
 
@@ -76,7 +77,6 @@ def test_controller_capabilities(csi: Client) -> None:
         ("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest),
         ("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest),
         ("ControllerExpandVolume", csi_pb2.ControllerExpandVolumeRequest),
-        ("ControllerModifyVolume", csi_pb2.ControllerModifyVolumeRequest),
     ],
 )
 def test_rpcs_not_advertised_are_unimplemented(csi: Client, method: str, request_type: type) -> None:

@@ -263,7 +263,7 @@ def test_the_observer_is_told_every_rpc_and_the_code_the_client_got(
     ("method", "request_type"),
     # One of each service; test_conformance_controller.py and test_conformance_node.py try them all.
     [
-        ("ControllerModifyVolume", csi_pb2.ControllerModifyVolumeRequest),
+        ("ControllerExpandVolume", csi_pb2.ControllerExpandVolumeRequest),
         ("NodeUnstageVolume", csi_pb2.NodeUnstageVolumeRequest),
     ],
 )

@@ -87,6 +87,9 @@ def test_csi_sanity_passes_on_a_real_pool(
 ) -> None:
     socket = short_dir / "csi.sock"
     report = tmp_path / "report.json"
+    # What the ModifyVolume specs (and CreateVolume with a VolumeAttributesClass) send as mutable_parameters.
+    mutable = tmp_path / "mutable-parameters.yaml"
+    mutable.write_text("compression: zstd\n")
     with served(socket, btrfs_mount):
         result = subprocess.run(
             [
@@ -96,6 +99,7 @@ def test_csi_sanity_passes_on_a_real_pool(
                 f"--csi.stagingdir={tmp_path / 'staging'}",
                 f"--csi.testvolumesize={16 * MiB}",
                 f"--csi.testvolumeexpandsize={32 * MiB}",
+                f"--csi.testvolumemutableparameters={mutable}",
                 f"--ginkgo.json-report={report}",
                 f"--ginkgo.timeout={SUITE_TIMEOUT}s",
                 "--ginkgo.no-color",
