@@ -62,7 +62,15 @@ OPTIONS: dict[str, Values] = {
         "logFormat": "text",
         "logLevel": "debug",
         "commonLabels": {"team": "storage"},
-        "storageClass": {"isDefault": True, "mountOptions": ["noatime"]},
+        "storageClass": {
+            "isDefault": True,
+            "mountOptions": ["noatime"],
+            "parameters": {"compression": "zstd:3"},
+        },
+        "volumeAttributesClasses": [
+            {"name": "btrfs-zstd", "parameters": {"compression": "zstd"}},
+            {"name": "btrfs-plain"},
+        ],
         "volumeSnapshotClass": {"isDefault": True, "deletionPolicy": "Retain"},
         "metrics": {"service": {"enabled": True}, "serviceMonitor": {"enabled": True}},
         "dashboard": {"enabled": True},

@@ -415,6 +415,30 @@ def test_resizer_deployment(option: str) -> None:
         assert deploy["spec"]["replicas"] == 2
 
 
+@pytest.mark.parametrize(
+    ("values", "gate"), [({}, "true"), ({"resizer": {"volumeAttributesClass": False}}, "false")]
+)
+def test_the_resizer_modifies_the_volumes_of_claims_that_change_class(
+    values: dict[str, object], gate: str
+) -> None:
+    objs = render_values(values)
+    resizer = containers(find(objs, "Deployment", "btrfs-csi-resizer"))["csi-resizer"]
+    assert flag(resizer, "feature-gates") == f"VolumeAttributesClass={gate}"
+    # the PV name in ControllerModifyVolume: how a node tells another node's volume (retried)
+    assert flag(resizer, "extra-modify-metadata") == ""
+    assert not [o for o in objs if o["kind"] == "VolumeAttributesClass"]  # none by default
+
+
+def test_volume_attributes_classes_in_values_are_created_for_this_driver() -> None:
+    objs = render("everything")
+    zstd = find(objs, "VolumeAttributesClass", "btrfs-zstd")
+    assert zstd["apiVersion"] == "storage.k8s.io/v1"
+    assert zstd["driverName"] == OPTIONS["everything"]["driverName"]
+    assert zstd["parameters"] == {"compression": "zstd"}
+    assert "parameters" not in find(objs, "VolumeAttributesClass", "btrfs-plain")
+    assert find(objs, "StorageClass")["parameters"] == {"compression": "zstd:3"}
+
+
 def test_resizer_can_be_disabled() -> None:
     objs = render("minimal")
     assert not [o for o in objs if o["kind"] == "Deployment"]
