@@ -360,6 +360,12 @@ class Pool:
         self._commit.commit()
         return volume
 
+    @property
+    def tuning_changes(self) -> int:
+        """How many volumes' tunings changed since the pool was opened: whoever keeps volumes read
+        earlier (the metrics' index) reads them again when it moves."""
+        return self._tuning.changes
+
     def modify_volume(self, volume_id: str, compression: Compression | None) -> Volume:
         """Sets the compression of a volume, published or not (see VolumeTuning.modify); None
         changes nothing (NotFound all the same for a volume that does not exist)."""

@@ -67,6 +67,7 @@ class VolumeTuning:
         self._fs, self._meta, self._lock, self._commit = shared.fs, shared.meta, shared.lock, shared.commit
         self._volume_path = volume_path
         self._check_writable = check_writable
+        self.changes = 0  # modifies applied since the pool was opened
 
     def modify(self, volume_id: str, compression: Compression | None) -> Volume:
         """Sets a volume's compression, published or not; idempotent. Answers once the property and
@@ -92,5 +93,6 @@ class VolumeTuning:
                     f"volume {volume_id} is full to its limit, so its compression cannot be stored: free "
                     "some space in it or expand it"
                 ) from None
+            self.changes += 1
         self._commit.commit()
         return dataclasses.replace(volume, tuning=tuning)

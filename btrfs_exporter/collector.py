@@ -4,7 +4,8 @@ Every scrape makes two searches of the quota tree (`Pool.usage_all` for the snap
 `Pool.volumes_usage` for the volumes' level-1 ones, which carry their limits and hold what is nested in
 them), one statfs and one quota-status search. Subvolume ids are mapped to volume and
 snapshot ids, and volumes to their PVC, through the pool's directories. There is no polling thread:
-a scrape sees what the kernel knows at that moment.
+a scrape sees what the kernel knows at that moment. `btrfs_csi_volume_info` (always 1) carries each
+volume's tuning as labels, to join with the byte families on volume_id.
 
 Listing the pool reads every object's metadata (an xattr and a subvolume-info ioctl each): measured
 here, 45 ms at 1,000 volumes and 0.6 s at 10,000, ten times the quota-tree search. So the collector
@@ -13,7 +14,9 @@ and only entries not seen before are read through the Pool API. On btrfs the d_i
 entry that is a subvolume is the subvolume id, so d_ino and name identify one subvolume: a volume
 deleted and re-created under the same name has a new id and is read again. What the index keeps
 (subvolume id, PVC name and namespace, a snapshot's source, the rendered labels) never changes during
-an object's life; usage and limits always come fresh from the quota tree. Unlike a cache keyed on the
+an object's life, but for a volume's tuning, which ControllerModifyVolume changes: when the pool's
+count of such changes moves, the volumes are read again (one slow scrape per change, and changes are
+rare). Usage and limits always come fresh from the quota tree. Unlike a cache keyed on the
 directory's mtime, this cannot miss two changes within one timestamp tick (mtime is coarse, ~4 ms).
 
 The per-volume families are written by `exposition.render`, not prometheus_client's generate_latest,
@@ -46,6 +49,7 @@ LAG_NOTE = (
 )
 
 VOLUME_LABELS = ("pvc_name", "pvc_namespace", "volume_id")  # sorted, as the text format writes them
+VOLUME_INFO_LABELS = ("compression", "nodatacow", *VOLUME_LABELS)
 SNAPSHOT_LABELS = ("snapshot_id", "source_volume_id")
 BUILD_LABELS = ("version", "driver_name", "kernel")
 
@@ -74,6 +78,10 @@ class DirectoryIndex(Generic[S]):
         self._labels = labels
         self._known: dict[int, tuple[str, tuple[S, LabelSet]]] = {}  # d_ino -> (entry name, object)
         self.reads = 0  # objects read through the pool since creation, for tests and the bench
+
+    def forget(self) -> None:
+        """The next refresh reads every object again."""
+        self._known = {}
 
     def refresh(self) -> list[tuple[S, LabelSet]]:
         previous = self._known
@@ -107,6 +115,14 @@ def volume_labels(volume: Volume) -> LabelSet:
     )
 
 
+def volume_info_labels(volume: Volume, labels: LabelSet) -> LabelSet:
+    """The volume's labels and its tuning: compression "" when none is set (the pool's mount options
+    decide), nodatacow "true" or "false"."""
+    tuning = volume.tuning
+    compression = str(tuning.compression) if tuning.compression else ""
+    return LabelSet(VOLUME_INFO_LABELS, (compression, str(tuning.nodatacow).lower(), *labels.values))
+
+
 def snapshot_labels(snapshot: Snapshot) -> LabelSet:
     return LabelSet(SNAPSHOT_LABELS, (snapshot.id, snapshot.source_volume_id))
 
@@ -129,6 +145,10 @@ class PoolCollector(Collector):
             self._snapshots = DirectoryIndex(pool.snapshots_dir, pool.get_snapshot, snapshot_labels)
         self._errors = 0
         self._last_duration = 0.0
+        self._tuning_changes = pool.tuning_changes
+        # Each volume's info labels by the identity of its labels, which the index keeps for the
+        # volume's life: made once per volume. The labels are held too, so their id is not reused.
+        self._info: dict[int, tuple[LabelSet, LabelSet]] = {}
 
     # The metric families, empty: describe() returns them so that registering does not scan.
 
@@ -146,6 +166,12 @@ class PoolCollector(Collector):
                 "btrfs_csi_volume_exclusive_bytes",
                 "Bytes only this volume references (under simple quotas: bytes charged to it)." + LAG_NOTE,
                 *volume,
+            ),
+            volume_info=GaugeRows(
+                "btrfs_csi_volume_info",
+                "Always 1: a volume's tuning, compression (empty when none is set: the pool's mount"
+                " options decide) and nodatacow, as labels.",
+                VOLUME_INFO_LABELS,
             ),
             volume_limit=GaugeRows(
                 "btrfs_csi_volume_limit_bytes",
@@ -231,7 +257,22 @@ class PoolCollector(Collector):
                 [(v, volume_labels(v)) for v in self._pool.list_volumes()],
                 [(s, snapshot_labels(s)) for s in self._pool.list_snapshots()],
             )
+        changes = self._pool.tuning_changes  # before the refresh: a change during it is read next time
+        if changes != self._tuning_changes:
+            self._volumes.forget()
+            self._tuning_changes = changes
         return self._volumes.refresh(), self._snapshots.refresh()
+
+    def _info_labels(self, volumes: list[tuple[Volume, LabelSet]]) -> list[LabelSet]:
+        known, self._info = self._info, {}
+        found = []
+        for volume, labels in volumes:
+            entry = known.get(id(labels))
+            if entry is None or entry[0] is not labels:
+                entry = (labels, volume_info_labels(volume, labels))
+            self._info[id(labels)] = entry
+            found.append(entry[1])
+        return found
 
     def _collect_pool(self, f: "_Families") -> None:
         pool = self._pool
@@ -257,6 +298,8 @@ class PoolCollector(Collector):
         ref_labels, ref_values = f.volume_referenced.labels.append, f.volume_referenced.values.append
         excl_labels, excl_values = f.volume_exclusive.labels.append, f.volume_exclusive.values.append
         limit_labels, limit_values = f.volume_limit.labels.append, f.volume_limit.values.append
+        f.volume_info.labels.extend(self._info_labels(volumes))
+        f.volume_info.values.extend([1] * len(volumes))
         for volume, labels in volumes:
             qgroup = volume_usage.get(volume.id)
             if qgroup is None:
@@ -286,6 +329,7 @@ class _Families:
 
     volume_referenced: GaugeRows
     volume_exclusive: GaugeRows
+    volume_info: GaugeRows
     volume_limit: GaugeRows
     snapshot_referenced: GaugeRows
     snapshot_exclusive: GaugeRows

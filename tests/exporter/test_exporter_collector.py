@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from btrfs_core import filesystem, quota
-from btrfs_core.models import Source, SourceKind
+from btrfs_core.models import Algorithm, Compression, Source, SourceKind, TuningRequest
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from btrfs_exporter.collector import PoolCollector
@@ -174,6 +174,34 @@ def test_index_reads_each_object_once_and_sees_replacements(pool: Pool, btrfs_mo
         }
 
     assert stable(metrics.registry) == stable(unindexed.registry)
+
+
+@pytest.mark.kernel
+def test_volume_info_carries_the_tuning_and_follows_a_modify(pool: Pool) -> None:
+    collector = PoolCollector(pool, DRIVER)
+    zstd = Compression(Algorithm.ZSTD, 3)
+    pool.create_volume("plain", 16 * MiB, metadata=pvc("ns", "plain"))
+    pool.create_volume("db", 16 * MiB, metadata=pvc("ns", "db"), tuning=TuningRequest(nodatacow=True))
+    pool.create_volume("logs", 16 * MiB, tuning=TuningRequest(compression=zstd))
+
+    def info() -> dict[str, tuple[str, str, str]]:
+        return {
+            key["volume_id"]: (key["compression"], key["nodatacow"], key["pvc_name"])
+            for key, value in (
+                (dict(k), v) for k, v in _collected(collector, "btrfs_csi_volume_info").items()
+            )
+            if value == 1
+        }
+
+    assert info() == {
+        "plain": ("", "false", "plain"),
+        "db": ("", "true", "db"),
+        "logs": ("zstd:3", "false", ""),
+    }
+    assert info()["logs"] == ("zstd:3", "false", "")  # the index served it: read once
+    assert collector._volumes is not None and collector._volumes.reads == 3
+    pool.modify_volume("plain", Compression(Algorithm.LZO))
+    assert info()["plain"] == ("lzo", "false", "plain")
 
 
 def _collected(collector: PoolCollector, name: str) -> dict[frozenset[tuple[str, str]], float]:
