@@ -37,6 +37,7 @@ bench: $(STAMP) system-deps
 	$(PY) -m bench.bench_scrape
 	$(PY) -m bench.bench_goals
 	$(PY) -m bench.bench_quota
+	$(PY) -m bench.bench_tuning
 
 stress: $(STAMP) system-deps
 	BTRFS_CSI_STRESS=1 $(VENV)/bin/pytest -q -ra tests/stress
