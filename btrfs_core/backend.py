@@ -52,6 +52,8 @@ class Backend(Protocol):
     def remove_stale_qgroups(self) -> list[int]: ...
     def fs_usage(self) -> FsUsage: ...
     def space(self) -> PoolSpace: ...
+    # Commits the running transaction and waits for it: every change before it is on disk. Writes
+    # no file data (usage counters wait for the data's own writeback).
     def sync(self) -> None: ...
 
 
@@ -179,4 +181,4 @@ class KernelBackend(PlainFiles):
         return filesystem.space(self.root)
 
     def sync(self) -> None:
-        filesystem.sync(self.root)
+        filesystem.commit(self.root)

@@ -189,6 +189,8 @@ SEARCH_ARGS_V2_HEADER = ctypes.sizeof(SearchKey) + 8  # key + u64 buf_size, then
 SEARCH_HEADER = struct.Struct("<QQQII")  # transid, objectid, offset, type, len
 
 IOC_SYNC = _ioc(_NONE, 8, 0)
+IOC_WAIT_SYNC = _ioc(_WRITE, 22, 8)  # u64 transid: waits until that transaction is committed
+IOC_START_SYNC = _ioc(_READ, 24, 8)  # u64 transid out: the transaction whose commit it started
 IOC_SNAP_DESTROY = _ioc(_WRITE, 15, ctypes.sizeof(VolArgs))
 IOC_TREE_SEARCH_V2 = _ioc(_READ | _WRITE, 17, SEARCH_ARGS_V2_HEADER)
 IOC_INO_LOOKUP = _ioc(_READ | _WRITE, 18, ctypes.sizeof(InoLookupArgs))
