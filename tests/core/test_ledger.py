@@ -41,7 +41,9 @@ def test_the_ledger_keeps_the_sum_of_its_promises() -> None:
     assert ledger.promised == 45
 
 
-def test_a_create_far_from_full_reads_no_usage_and_near_full_decides_exactly(backend: CountingBackend) -> None:
+def test_a_create_far_from_full_reads_no_usage_and_near_full_decides_exactly(
+    backend: CountingBackend,
+) -> None:
     pool = Pool.open(backend.root, backend=backend)
     pool.create_volume("a", 100 * MiB)
     pool.create_volume("b", 100 * MiB)
