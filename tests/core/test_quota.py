@@ -2,6 +2,7 @@
 
 import errno
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from btrfs_core import filesystem, ioctl, quota, subvolume
-from btrfs_core.errors import InvalidArgument, KernelError, NotFound
+from btrfs_core.errors import BtrfsCoreError, InvalidArgument, KernelError, NotFound
 from btrfs_core.models import QgroupUsage, QuotaMode
 
 from .oracle import cli, qgroup_show, settle, subvolume_list, sysfs_quota_mode, write_random
@@ -258,16 +259,29 @@ def test_usage_of_one_reads_only_its_own_items(btrfs_mount: Path, monkeypatch: p
         quota.set_limit(btrfs_mount, subvolume.subvolume_id(btrfs_mount / f"s{i}"), MiB)
     ids = sorted(quota.usage_all(btrfs_mount))
     read: list[tuple[int, int]] = []
-    real_search = ioctl.tree_search
+    real_items = ioctl.fixed_items
 
-    def counting_search(*args: Any, **kwargs: Any) -> Iterator[tuple[int, int, int, memoryview]]:
-        for item in real_search(*args, **kwargs):
-            read.append((item[1], item[2]))
-            yield item
+    def counting_items(
+        fd: int, tree: int, objectid: int, item_type: int, *args: Any
+    ) -> Iterator[tuple[Any, ...]]:
+        for row in real_items(fd, tree, objectid, item_type, *args):
+            read.append((item_type, row[0]))
+            yield row
 
-    monkeypatch.setattr(ioctl, "tree_search", counting_search)
+    monkeypatch.setattr(ioctl, "fixed_items", counting_items)
     for sid in (ids[1], ids[150], ids[-1]):
         read.clear()
         assert quota.usage(btrfs_mount, sid).limit == MiB
         # Its info item and its limit item; the bench shows what reading all 600 costs at 1,000.
         assert sorted(read) == [(ioctl.QGROUP_INFO_KEY, sid), (ioctl.QGROUP_LIMIT_KEY, sid)]
+
+
+def test_items_of_another_size_than_expected_are_an_error(btrfs_mount: Path) -> None:
+    quota.enable(btrfs_mount, QuotaMode.SIMPLE)
+    subvolume.create(btrfs_mount / "s")
+    info_items = (0, ioctl.QGROUP_INFO_KEY, (0, ioctl.U64_MAX))
+    with subvolume.opened(btrfs_mount) as fd:
+        rows = list(ioctl.fixed_items(fd, ioctl.QUOTA_TREE, *info_items, struct.Struct("<40x"), "pool"))
+        assert len(rows) == 2 and {length for _offset, length in rows} == {40}  # 0/5 and the new one
+        with pytest.raises(BtrfsCoreError, match="not 32 bytes"):
+            list(ioctl.fixed_items(fd, ioctl.QUOTA_TREE, *info_items, struct.Struct("<32x"), "pool"))
