@@ -124,6 +124,22 @@ def group_of(meta: Mapping[str, Any]) -> int | None:
     return group if isinstance(group, int) and group >= quota.LEVEL1 else None
 
 
+def as_volume(volume_id: str, meta: Mapping[str, Any], info: SubvolumeInfo) -> Volume:
+    """The volume that metadata `meta` (as written or read back) describes on its subvolume `info`."""
+    source = meta.get("source")
+    return Volume(
+        id=volume_id,
+        name=meta["name"],
+        capacity=meta["capacity"],
+        source=Source(SourceKind(source["kind"]), source["id"]) if source else None,
+        subvolume_id=info.id,
+        qgroup=group_of(meta) or info.id,
+        created=info.otime,
+        metadata=dict(meta.get("metadata", {})),
+        tuning=tuning_of(meta),
+    )
+
+
 class MetadataStore:
     """Reads and writes the metadata of the objects of one pool through its backend."""
 
@@ -163,20 +179,7 @@ class MetadataStore:
         return meta
 
     def volume(self, path: Path) -> Volume:
-        meta = self.volume_meta(path)
-        info = self._fs.subvolume_info(path)
-        source = meta.get("source")
-        return Volume(
-            id=path.name,
-            name=meta["name"],
-            capacity=meta["capacity"],
-            source=Source(SourceKind(source["kind"]), source["id"]) if source else None,
-            subvolume_id=info.id,
-            qgroup=group_of(meta) or info.id,
-            created=info.otime,
-            metadata=dict(meta.get("metadata", {})),
-            tuning=tuning_of(meta),
-        )
+        return as_volume(path.name, self.volume_meta(path), self._fs.subvolume_info(path))
 
     def snapshot(self, path: Path) -> Snapshot:
         meta = self.read(path, self.snapshot_xattr)

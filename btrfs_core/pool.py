@@ -237,8 +237,10 @@ class Pool:
                     refuse_nested(self._fs, origin, f"volume {source.id}")
             if tuned != base:  # a new subvolume has none; a snapshot carries its source's
                 self._fs.apply_tuning(staged, tuned)
-            self._meta.write(staged, metadata.volume_fields(name, capacity, group, source, meta, tuned))
-            self._meta.forget_snapshot(staged)  # copied from a snapshot source
+            fields = metadata.volume_fields(name, capacity, group, source, meta, tuned)
+            self._meta.write(staged, fields)
+            if source and source.kind is SourceKind.SNAPSHOT:
+                self._meta.forget_snapshot(staged)  # copied from the snapshot
             # The limit on the level-1 qgroup only: a read-only snapshot of the volume inherits
             # nothing from its 0/N.
             self._capacities.put(volume_id, capacity, group)
@@ -250,7 +252,8 @@ class Pool:
             if group is not None:
                 self._qgroups.drop_group(group)
             raise
-        volume = self._meta.volume(self.volumes_dir / volume_id)
+        # The answer from what was written: the subvolume's id and creation time are all to read.
+        volume = metadata.as_volume(volume_id, fields, self._fs.subvolume_info(self.volumes_dir / volume_id))
         self._qgroups.joined(volume.subvolume_id, group)
         if origin is not None:
             # Full qgroups: a snapshot joining a new qgroup leaves its counters inconsistent.

@@ -296,8 +296,10 @@ class VolumeQgroups:
         return NestedScan(out_of_place, repaired)
 
     def joined(self, subvolume_id: int, group: int) -> None:
-        """A new volume's subvolume and its qgroup (needs the lock)."""
-        self.known()[subvolume_id] = group
+        """A new volume's subvolume and its qgroup (needs the lock; nothing to do before the first read,
+        which lists the volume: reading 10,000 volumes is not the first create's business)."""
+        if self._volume_groups is not None:
+            self._volume_groups[subvolume_id] = group
 
     def left(self, subvolume_id: int) -> None:
         """A deleted volume's subvolume (needs the lock)."""
