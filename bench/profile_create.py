@@ -39,18 +39,22 @@ SERVING = "_unary_response_in_pool"
 # (file part, function or "", component), tried from the innermost frame outwards; the first match wins.
 # A frame that no rule names (btrfs_core/ioctl.py, the backend's one-line delegates) passes to its caller.
 RULES: tuple[tuple[str, str, str], ...] = (
-    ("btrfs_core/filesystem.py", "sync", "commit: BTRFS_IOC_SYNC"),
-    ("btrfs_core/pool.py", "commit", "commit: waiting for a shared commit"),
+    ("btrfs_core/filesystem.py", "commit", "commit: START_SYNC + WAIT_SYNC"),
     ("btrfs_core/subvolume.py", "create", "ioctl: subvolume create"),
     ("btrfs_core/subvolume.py", "rename", "rename into volumes/"),
-    ("btrfs_core/subvolume.py", "", "ioctl: subvolume id / is_subvolume"),
-    ("btrfs_core/quota.py", "", "ioctl: quota (limit, status)"),
-    ("btrfs_core/filesystem.py", "usage", "statfs (pool capacity)"),
-    ("btrfs_core/pool.py", "_write_metadata", "xattr: write metadata"),
-    ("btrfs_core/pool.py", "_read_metadata", "xattr: read metadata back"),
-    ("btrfs_core/pool.py", "_remove_xattr", "xattr: remove snapshot marker"),
+    ("btrfs_core/subvolume.py", "", "ioctl: subvolume info / is_subvolume"),
+    ("btrfs_core/quota.py", "", "ioctl: quota (qgroup create, limit, status)"),
+    ("btrfs_core/filesystem.py", "space", "ioctl: pool space (capacity)"),
+    ("btrfs_core/filesystem.py", "write_xattr", "xattr: write metadata"),
+    ("btrfs_core/filesystem.py", "read_xattr", "xattr: read metadata"),
+    ("btrfs_core/filesystem.py", "remove_xattr", "xattr: remove snapshot marker"),
+    ("btrfs_core/filesystem.py", "", "statfs, existence checks"),
     ("btrfs_core/pool.py", "create_volume", "pool lock: waiting"),
-    ("btrfs_core/pool.py", "", "pool: other Python (ledger, names, staging)"),
+    ("btrfs_core/capacity.py", "", "capacity ledger"),
+    ("btrfs_core/metadata.py", "", "core: other Python (metadata, names, staging)"),
+    ("btrfs_core/pool.py", "", "core: other Python (metadata, names, staging)"),
+    ("btrfs_core/qgroups.py", "", "core: other Python (metadata, names, staging)"),
+    ("btrfs_core/staging.py", "", "core: other Python (metadata, names, staging)"),
     ("logging/", "", "logging"),
     ("csi/logging.py", "", "logging"),
     ("csi/server.py", "_log_rpc", "logging"),
@@ -67,10 +71,14 @@ BTRFS_IOCTLS = {
     8: "SYNC",
     17: "TREE_SEARCH_V2",
     18: "INO_LOOKUP",
+    20: "SPACE_INFO",
+    22: "WAIT_SYNC",
     23: "SNAP_CREATE_V2",
-    24: "SUBVOL_CREATE_V2",
+    24: "SUBVOL_CREATE_V2",  # and START_SYNC, told apart by its direction (READ)
     25: "SUBVOL_GETFLAGS",
     26: "SUBVOL_SETFLAGS",
+    30: "DEV_INFO",
+    31: "FS_INFO",
     40: "QUOTA_CTL",
     42: "QGROUP_CREATE",
     43: "QGROUP_LIMIT",
@@ -85,14 +93,16 @@ WAITS = frozenset(
 # `( 8.2 ms): csi-rpc/12  ... [continued]: ioctl()) = 0`.
 STARTED = re.compile(r"\(\s+\): (\S+) (\w+)\((.*) \.\.\.$")
 DONE = re.compile(r"\(\s*([\d.]+) ms\): (\S+) +(\.\.\. \[continued\]: )?(\w+)\((.*)")
-BTRFS_COMMAND = re.compile(r"cmd: \(\w+, 0x94, (0x[0-9a-f]+),")
+BTRFS_COMMAND = re.compile(r"cmd: \((\w+), 0x94, (0x[0-9a-f]+),")
 
 
 def syscall_name(name: str, args: str) -> str:
     command = BTRFS_COMMAND.search(args) if name == "ioctl" else None
     if command is None:
         return name
-    number = int(command.group(1), 16)
+    direction, number = command.group(1), int(command.group(2), 16)
+    if number == 24 and direction == "READ":
+        return "ioctl START_SYNC"
     return f"ioctl {BTRFS_IOCTLS.get(number, number)}"
 
 
