@@ -1,9 +1,9 @@
 """Scale: a pool with many volumes and as many snapshots (made through the Pool API, bench/bench_scale.py),
-then measured through a served driver: start-up to Probe ready, paging through every volume and
-snapshot with max_entries 500, CreateVolume latency. CI runs 300 of each; `make stress` runs 10,000.
+then served: the driver starts on it (three times), pages through every volume and snapshot with
+max_entries 500 and still creates volumes. CI runs 300 of each; `make stress` runs 10,000.
 
-The bounds here are generous absolute ones, to catch a driver that re-reads the whole pool per page or per
-create; `python -m bench.bench_scale` prints the comparison with a 10-volume pool (target: within 2x).
+What holds at scale is asserted here; how fast is the bench's (`python -m bench.bench_scale` compares with
+a 10-volume pool, target within 2x): timed bounds in a test fail on a busy machine, not on a slow driver.
 """
 
 from collections.abc import Iterator
@@ -33,11 +33,6 @@ def test_start_list_and_create_at_scale(big_pool: Path) -> None:
     measures = measure(big_pool, samples=20, starts=3)
     print(f"scale {VOLUMES}: {measures}")
     assert measures.volumes == VOLUMES and measures.snapshots == VOLUMES
-    assert measures.startup < 5.0, measures
-    assert measures.create < 0.05, measures
-    per_volume = measures.list_volumes / VOLUMES
-    assert per_volume < 0.001, f"ListVolumes takes {per_volume * 1e6:.0f} µs per volume"
-    assert measures.list_snapshots / VOLUMES < 0.001, measures
     count("volumes and snapshots in the scale pool", 2 * VOLUMES)
 
 
