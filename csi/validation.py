@@ -280,7 +280,8 @@ def tuning(params: Mapping[str, str], mutable: Mapping[str, str]) -> models.Tuni
     if text is not None and text not in BOOLEANS:
         raise invalid(f'parameters.{models.NODATACOW_KEY} {shown(text)} is not "true" or "false"')
     nodatacow = None if text is None else BOOLEANS[text]
-    asked = compression(mutable, "mutable_parameters") or compression(params, "parameters")
+    in_class, in_storage_class = compression(mutable, "mutable_parameters"), compression(params, "parameters")
+    asked = in_class or in_storage_class
     if nodatacow and asked is not None and asked.algorithm is not models.Algorithm.NONE:
         raise invalid(
             f"parameters.{models.NODATACOW_KEY} true cannot go with {models.COMPRESSION_KEY} {asked}: data "

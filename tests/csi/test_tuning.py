@@ -76,6 +76,14 @@ def test_bad_parameters_are_refused_naming_the_key(
     assert not answer.HasField("confirmed") and named in answer.message
 
 
+def test_a_bad_storage_class_compression_is_refused_even_under_a_class_that_names_one(csi: Client) -> None:
+    request = create_request(
+        parameters={"compression": "zstd:99"}, mutable_parameters={"compression": "zstd"}
+    )
+    error = error_of(csi.controller.CreateVolume, request)
+    assert error.code() == INVALID and "parameters.compression" in (error.details() or "")
+
+
 def test_mutable_parameters_nodatacow_with_compression_in_the_class_is_refused(csi: Client) -> None:
     request = create_request(parameters={"nodatacow": "true"}, mutable_parameters={"compression": "zstd"})
     error = error_of(csi.controller.CreateVolume, request)
