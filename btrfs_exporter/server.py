@@ -3,12 +3,14 @@
 `build_registry` puts everything in a fresh CollectorRegistry (never the global one, so that tests and
 several pools can have their own); `start_metrics_server` serves it on HOST:PORT at /metrics with the
 exporter's fast text exposition (`exposition.render`), gzip-compressed when the scraper accepts it
-(Prometheus does). The server is bounded: a few worker threads, socket timeouts, and a gate that holds
+(Prometheus does). HTTP is the standard library's (wsgiref's server and request handler, serving a WSGI
+app function); what is added is the bound: a few worker threads, socket timeouts, and a gate that holds
 connections without a thread until their request has arrived, so slow or idle clients never take the
 workers a scrape needs.
 """
 
 import contextlib
+import functools
 import gzip
 import logging
 import select
@@ -19,10 +21,9 @@ from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import _SilentHandler
 
 from btrfs_core.pool import Pool
 from btrfs_exporter.collector import PoolCollector
@@ -177,6 +178,19 @@ class _RequestGate:
         return False
 
 
+def _request_handler(request: Any, client_address: Any, server: WSGIServer) -> WSGIRequestHandler:
+    """Serves one request with the stdlib's WSGI request handler, its access and error lines sent to
+    this module's log at DEBUG: it writes them raw to stderr, which holds the driver's (JSON) log."""
+    handler = WSGIRequestHandler.__new__(WSGIRequestHandler)
+    handler.log_message = functools.partial(_log_http, client_address)  # type: ignore[method-assign]
+    WSGIRequestHandler.__init__(handler, request, client_address, server)  # handles the request
+    return handler
+
+
+def _log_http(client_address: Any, template: str, *args: Any) -> None:
+    log.debug("metrics client %s: " + template, client_address[0], *args)
+
+
 class _Server(WSGIServer):
     """wsgiref's server with a bounded set of workers behind the request gate."""
 
@@ -186,7 +200,7 @@ class _Server(WSGIServer):
         # Before binding: a failed bind calls server_close, which stops them.
         self._workers = futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="btrfs-csi-metrics")
         self._gate = _RequestGate(self._hand_over)
-        super().__init__(address, _SilentHandler)
+        super().__init__(address, _request_handler)
         self.set_app(app)
 
     def process_request(self, request: Any, client_address: Any) -> None:

@@ -2,6 +2,7 @@
 
 import contextlib
 import gzip
+import logging
 import socket
 import threading
 import urllib.error
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from btrfs_exporter.exposition import GaugeRows, LabelSet
 from btrfs_exporter.rpc import RpcMetrics
 from btrfs_exporter.server import WORKERS, MetricsServer, start_metrics_server
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -51,6 +53,25 @@ def test_gzip_when_accepted_and_404_elsewhere(served: tuple[MetricsServer, str])
     assert status == 200 and headers["Content-Encoding"] == "gzip"
     assert b"btrfs_csi_rpc_in_flight 0.0" in gzip.decompress(body)
     assert get(f"{base}/favicon.ico")[0] == 404
+
+
+def test_requests_are_logged_at_debug_not_written_to_stderr(
+    served: tuple[MetricsServer, str], caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """stderr holds the driver's own (JSON) log lines: the HTTP server adds none of its own there."""
+    _, base = served
+    caplog.set_level(logging.DEBUG, logger="btrfs_exporter.server")
+    assert get(f"{base}/metrics")[0] == 200
+    assert get(f"{base}/nothing")[0] == 404
+
+    def both_logged() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if r.name == "btrfs_exporter.server"]
+        return lines if len(lines) == 2 else []
+
+    lines = sorted(eventually(both_logged, "both requests logged"))
+    assert all(line.startswith("metrics client 127.0.0.1: ") for line in lines)
+    assert '"GET /metrics HTTP/1.1" 200' in lines[0] and '"GET /nothing HTTP/1.1" 404' in lines[1]
+    assert capfd.readouterr().err == ""
 
 
 def test_stop_closes_the_port() -> None:
