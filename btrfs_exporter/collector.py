@@ -77,7 +77,6 @@ class DirectoryIndex(Generic[S]):
         self._read = read
         self._labels = labels
         self._known: dict[int, tuple[str, tuple[S, LabelSet]]] = {}  # d_ino -> (entry name, object)
-        self.reads = 0  # objects read through the pool since creation, for tests and the bench
 
     def forget(self) -> None:
         """The next refresh reads every object again."""
@@ -99,7 +98,6 @@ class DirectoryIndex(Generic[S]):
                     obj = self._read(name)
                 except (NotFound, InvalidArgument):
                     continue
-                self.reads += 1
                 item = (obj, self._labels(obj))
                 found.append(item)
                 if obj.subvolume_id == ino:  # else not provably the same subvolume next time
