@@ -24,7 +24,8 @@ from btrfs_core.errors import (
     ReadOnly,
 )
 
-u8, u32, u64, s64 = ctypes.c_uint8, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+s64 = ctypes.c_int64
 U64_MAX = (1 << 64) - 1
 
 _NONE, _WRITE, _READ = 0, 1, 2
@@ -73,9 +74,55 @@ class QgroupLimit(ctypes.Structure):
     _fields_ = _QGROUP_LIMIT_FIELDS
 
 
-# The quota tree's limit item as fixed_items reads it: flags and max_rfer, the rest skipped.
-QGROUP_LIMIT_ITEM_RFER = struct.Struct(f"<QQ{ctypes.sizeof(QgroupLimit) - 16}x")
-assert [name for name, _type in _QGROUP_LIMIT_FIELDS[:2]] == ["flags", "max_rfer"]
+# Items of the trees as TREE_SEARCH returns them: the on-disk layouts of btrfs_tree.h, little-endian and
+# packed, read through item_struct. An item may be longer than its structure (a newer kernel's fields, a
+# root ref's name).
+
+
+class QgroupLimitItem(ctypes.LittleEndianStructure):
+    _pack_ = 1
+    _fields_ = _QGROUP_LIMIT_FIELDS
+
+
+class QgroupInfoItem(ctypes.LittleEndianStructure):
+    _pack_ = 1
+    _fields_ = [("generation", u64), ("rfer", u64), ("rfer_cmpr", u64), ("excl", u64), ("excl_cmpr", u64)]
+
+
+class QgroupStatusItem(ctypes.LittleEndianStructure):
+    """struct btrfs_qgroup_status_item (kernels with simple quotas append enable_gen, unread here)."""
+
+    _pack_ = 1
+    _fields_ = [("version", u64), ("generation", u64), ("flags", u64), ("rescan", u64)]
+
+
+class RootRef(ctypes.LittleEndianStructure):
+    """struct btrfs_root_ref (ROOT_REF and ROOT_BACKREF items); the name, name_len bytes, follows."""
+
+    _pack_ = 1
+    _fields_ = [("dirid", u64), ("sequence", u64), ("name_len", u16)]
+
+
+_FIELD_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}  # struct codes of the unsigned fields by size
+
+
+def item_struct(layout: type[ctypes.LittleEndianStructure], *fields: str) -> struct.Struct:
+    """The struct of one `layout` item that unpacks the named fields (in layout order) and skips the
+    rest: compiled from the structure's own offsets and sizes, for fixed_items and unpack_from. Not
+    from_buffer_copy: that costs five times as much an item, and the quota tree is read by the tens of
+    thousands of items (every qgroup on each scrape, and on each create for the capacity check)."""
+    fmt, end = "<", 0
+    for name in fields:
+        field = getattr(layout, name)
+        if field.offset < end:
+            raise ValueError(f"{layout.__name__}: field {name} is not after the fields before it")
+        fmt += (f"{field.offset - end}x" if field.offset > end else "") + _FIELD_CODES[field.size]
+        end = field.offset + field.size
+    size = ctypes.sizeof(layout)
+    return struct.Struct(fmt + (f"{size - end}x" if size > end else ""))
+
+
+QGROUP_LIMIT_ITEM_RFER = item_struct(QgroupLimitItem, "flags", "max_rfer")
 
 
 class QgroupInherit(ctypes.Structure):
@@ -221,6 +268,7 @@ FS_NOCOW_FL = 0x00800000  # data overwritten in place: no copy-on-write, no chec
 assert ctypes.sizeof(VolArgsV2) == 4096 and ctypes.sizeof(GetSubvolInfoArgs) == 504
 assert ctypes.sizeof(DevInfoArgs) == 4096 and ctypes.sizeof(FsInfoArgs) == 1024
 assert ctypes.sizeof(QgroupInherit) == 80
+assert ctypes.sizeof(QgroupInfoItem) == ctypes.sizeof(QgroupLimitItem) == 40 and ctypes.sizeof(RootRef) == 18
 
 SUBVOL_RDONLY = 1 << 1  # in vol_args_v2 and SUBVOL_GET/SETFLAGS
 SUBVOL_QGROUP_INHERIT = 1 << 2  # vol_args_v2 carries a qgroup_inherit: the new qgroup's parents

@@ -1,7 +1,6 @@
 """Quotas and qgroups: mode, enable, rescan, limits, usage of one or all subvolumes, stale qgroups."""
 
 import functools
-import struct
 from pathlib import Path
 
 from btrfs_core import ioctl
@@ -9,10 +8,9 @@ from btrfs_core.errors import InUse, InvalidArgument, NotFound
 from btrfs_core.models import QgroupUsage, QuotaMode, QuotaStatus
 from btrfs_core.subvolume import list_all, opened
 
-_STATUS = struct.Struct("<QQQQ")  # version, generation, flags, rescan progress
-# Of struct btrfs_qgroup_info_item (generation, rfer, rfer_cmpr, excl, excl_cmpr): rfer and excl.
-_INFO_RFER_EXCL = struct.Struct("<8xQ8xQ8x")
-_INFO_EXCL = struct.Struct("<24xQ8x")  # excl alone
+_STATUS_FLAGS = ioctl.item_struct(ioctl.QgroupStatusItem, "flags")
+_INFO_RFER_EXCL = ioctl.item_struct(ioctl.QgroupInfoItem, "rfer", "excl")
+_INFO_EXCL = ioctl.item_struct(ioctl.QgroupInfoItem, "excl")
 # A QgroupUsage of its fields in one tuple, made without a Python-level call: a scrape makes 20,000.
 _usage = functools.partial(tuple.__new__, QgroupUsage)
 LEVEL_SHIFT = ioctl.QGROUP_LEVEL_SHIFT
@@ -36,7 +34,7 @@ def status(path: Path) -> QuotaStatus:
             items = []
     if not items:
         return QuotaStatus(QuotaMode.OFF, inconsistent=False, rescan_running=False)
-    _version, _generation, flags, _rescan = _STATUS.unpack_from(items[0][3])
+    (flags,) = _STATUS_FLAGS.unpack_from(items[0][3])
     return QuotaStatus(
         mode=QuotaMode.SIMPLE if flags & ioctl.QGROUP_STATUS_SIMPLE else QuotaMode.FULL,
         inconsistent=bool(flags & ioctl.QGROUP_STATUS_INCONSISTENT),

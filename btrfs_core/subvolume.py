@@ -4,7 +4,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import struct
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from btrfs_core.models import SubvolumeInfo
 
 # Every subvolume's root directory has this inode number.
 SUBVOLUME_ROOT_INODE = 256
-_ROOT_REF = struct.Struct("<QQH")  # dirid, sequence, name_len; the name follows
+_ROOT_REF = ioctl.item_struct(ioctl.RootRef, "dirid", "name_len")  # the name follows
 # A delete outruns a pod still creating subvolumes inside for this many rounds.
 _DELETE_ROUNDS = 5
 
@@ -138,10 +137,9 @@ def _root_refs(fd: int, parent_id: int, target: str) -> list[_RootRef]:
         target,
     )
     for _objectid, _type, child_id, data in refs:
-        dirid, _seq, name_len = _ROOT_REF.unpack_from(data)
-        found.append(
-            _RootRef(child_id, parent_id, dirid, bytes(data[_ROOT_REF.size : _ROOT_REF.size + name_len]))
-        )
+        dirid, name_len = _ROOT_REF.unpack_from(data)
+        name = bytes(data[_ROOT_REF.size : _ROOT_REF.size + name_len])
+        found.append(_RootRef(child_id, parent_id, dirid, name))
     return found
 
 
@@ -185,26 +183,29 @@ def _fd_subvolume_id(fd: int, target: str) -> int:
     return int(args.treeid)
 
 
-# A btrfs file handle (fs/btrfs/export.h, as name_to_handle_at(2) returns it): inode, subvolume id and
-# inode generation; generation 0 is not checked. Type FILEID_BTRFS_WITHOUT_PARENT (linux/exportfs.h).
-_BTRFS_FID = struct.Struct("<QQI")
-_FILEID_BTRFS_WITHOUT_PARENT = 0x4D
+_FILEID_BTRFS_WITHOUT_PARENT = 0x4D  # linux/exportfs.h
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+class _BtrfsFid(ctypes.Structure):
+    """A btrfs file handle (struct btrfs_fid of fs/btrfs/export.h, packed, in the kernel's byte order)
+    without its parent fields: inode, subvolume id and inode generation (0: not checked)."""
+
+    _pack_ = 1
+    _fields_ = [("objectid", ctypes.c_uint64), ("root_objectid", ctypes.c_uint64), ("gen", ctypes.c_uint32)]
+
+
 class _FileHandle(ctypes.Structure):
-    _fields_ = [
-        ("handle_bytes", ctypes.c_uint32),
-        ("handle_type", ctypes.c_int32),
-        ("f_handle", ctypes.c_uint8 * _BTRFS_FID.size),
-    ]
+    """struct file_handle of open_by_handle_at(2), carrying a _BtrfsFid."""
+
+    _fields_ = [("handle_bytes", ctypes.c_uint32), ("handle_type", ctypes.c_int32), ("f_handle", _BtrfsFid)]
 
 
 def _open_by_id(fs_fd: int, subvolume: int, inode: int, target: str) -> int:
     """A descriptor for directory `inode` of subvolume `subvolume`, found without a path (needs
     CAP_DAC_READ_SEARCH); fs_fd is any descriptor on the filesystem. Gone is NotFound."""
-    handle = _FileHandle(_BTRFS_FID.size, _FILEID_BTRFS_WITHOUT_PARENT)
-    _BTRFS_FID.pack_into(handle.f_handle, 0, inode, subvolume, 0)
+    fid = _BtrfsFid(objectid=inode, root_objectid=subvolume, gen=0)
+    handle = _FileHandle(ctypes.sizeof(fid), _FILEID_BTRFS_WITHOUT_PARENT, fid)
     fd: int = _libc.open_by_handle_at(
         fs_fd, ctypes.byref(handle), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     )
