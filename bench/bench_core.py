@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from btrfs_core import filesystem, quota, subvolume
 from btrfs_core.pool import Pool
-from demo.loop_pool import loop_pool
+from tests.support import loop_pool
 
 MiB = 1 << 20
 LIMIT = 64 * MiB  # the fleet's qgroup limits (made with btrfs_core directly, not promised by the pool)

@@ -51,10 +51,10 @@ from bench.bench_scrape import measure as measure_scrape
 from btrfs_core import filesystem, quota, subvolume
 from btrfs_core.pool import Pool
 from csi.pb import csi_pb2, csi_pb2_grpc
-from demo.loop_pool import loop_pool
 from tests.conftest import free_port
 from tests.csi.conftest import mount_capability
 from tests.stress.harness import RPC_TIMEOUT, ServedDriver
+from tests.support import loop_pool
 
 MiB = 1 << 20
 GiB = 1 << 30

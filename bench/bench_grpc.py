@@ -35,7 +35,7 @@ from btrfs_core.publish import Publisher
 from csi.__main__ import start
 from csi.config import Config
 from csi.pb import csi_pb2, csi_pb2_grpc
-from demo.loop_pool import loop_pool
+from tests.support import loop_pool
 
 MiB = 1 << 20
 GiB = 1 << 30

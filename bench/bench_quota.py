@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from btrfs_core import quota, subvolume
 from btrfs_core.models import QuotaMode
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
-from demo.loop_pool import loop_pool
+from tests.support import loop_pool
 
 VOLUMES = 1000
 NESTED = 100

@@ -32,9 +32,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from btrfs_core.pool import Pool
 from csi.pb import csi_pb2
-from demo.loop_pool import loop_pool
 from tests.csi.conftest import Client, mount_capability
 from tests.stress.harness import RPC_TIMEOUT, ServedDriver, list_snapshots, list_volumes
+from tests.support import loop_pool
 
 MiB = 1 << 20
 GiB = 1 << 30

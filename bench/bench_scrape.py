@@ -37,7 +37,7 @@ from btrfs_core import filesystem
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from btrfs_exporter.exposition import GaugeRows, render
-from demo.loop_pool import loop_pool
+from tests.support import loop_pool
 
 MiB = 1 << 20
 PVC = "csi.storage.k8s.io/pvc/"

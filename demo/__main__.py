@@ -18,7 +18,7 @@ import grpc
 
 from csi.pb import csi_pb2 as pb
 from csi.pb import csi_pb2_grpc as rpc
-from demo.loop_pool import loop_pool
+from tests.support import loop_pool
 
 MiB = 1 << 20
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.loop_pool import loop_pool
+from tests.support import loop_pool
 
 
 def kernel_skip_reason() -> str | None:

@@ -3,8 +3,7 @@ cannot drift from btrfs."""
 
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,9 @@ from btrfs_core.errors import (
 from btrfs_core.fake import FakeBackend
 from btrfs_core.models import NestedScan, QuotaMode, QuotaRepairs, Source, SourceKind
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
-from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
 from tests.core.oracle import cli
+from tests.support import eventually, loop_pool
 
 MiB = 1 << 20
 
@@ -357,15 +356,6 @@ def disable_quota(backend: Backends) -> None:
         cli("btrfs", "quota", "disable", str(backend.root))
 
 
-def wait_for(condition: Callable[[], bool], what: str, backend: Backends) -> None:
-    """Until condition holds, committing meanwhile (the kernel's cleaner works after a commit)."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"still not {what} after 30 s"
-        backend.sync()
-        time.sleep(0.05)
-
-
 def test_each_volume_has_its_own_level1_qgroup_that_carries_the_limit(pool: Pool, backend: Backends) -> None:
     volume = pool.create_volume("v", 8 * MiB)
     pool.create_snapshot("s", "v")
@@ -386,11 +376,13 @@ def test_each_volume_has_its_own_level1_qgroup_that_carries_the_limit(pool: Pool
     pool.delete_volume("v")
 
     def removed() -> bool:
-        # The kernel refuses to destroy it until its cleaner has dropped the subvolume; repair retries.
+        # The kernel refuses to destroy it until its cleaner, which a commit wakes, has dropped the
+        # subvolume; repair retries.
+        backend.sync()
         pool.repair_quotas()
         return volume.qgroup not in backend.group_usage_all()
 
-    wait_for(removed, "removed", backend)
+    eventually(removed, "the volume's qgroup removed", interval=0.05)
     assert set(backend.group_usage_all()) == {clone.qgroup}
 
 

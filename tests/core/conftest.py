@@ -7,8 +7,8 @@ import pytest
 
 from btrfs_core import quota
 from btrfs_core.models import QuotaMode
-from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
+from tests.support import loop_pool
 
 
 def _quota_mount(mode: QuotaMode) -> Iterator[Path]:

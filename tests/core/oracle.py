@@ -17,6 +17,7 @@ from pathlib import Path
 from btrfs_core import filesystem, ioctl, quota, subvolume
 from btrfs_core.backend import KernelBackend
 from btrfs_core.models import QuotaMode
+from tests.support import eventually
 
 # Subvolumes deleted but not yet dropped by the cleaner: ORPHAN_OBJECTID (-5) items in the root tree.
 ORPHAN_OBJECTID = ioctl.U64_MAX - 4
@@ -163,14 +164,12 @@ def settle(mount: Path, timeout: float = 30.0, qgroup_grace: float = 1.0) -> Non
     goes, so empty qgroups without a subvolume are waited for too, up to `qgroup_grace` seconds:
     under simple quotas one may stay for good (a qgroup whose charge ran out after its subvolume went).
     """
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def dropped() -> bool:
         filesystem.sync(mount)
-        if not orphans(mount):
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the cleaner did not drop {orphans(mount)} in {timeout} s")
-        time.sleep(0.02)
+        return not orphans(mount)
+
+    eventually(dropped, "every deleted subvolume dropped by the cleaner", timeout)
     filesystem.sync(mount)
     grace = time.monotonic() + qgroup_grace
     while time.monotonic() < grace and empty_stale_qgroups(mount):

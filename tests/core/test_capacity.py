@@ -18,8 +18,8 @@ import pytest
 from btrfs_core import filesystem
 from btrfs_core.errors import InsufficientCapacity
 from btrfs_core.pool import Pool
-from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
+from tests.support import loop_pool
 
 pytestmark = pytest.mark.kernel
 

@@ -24,8 +24,8 @@ from btrfs_core.errors import (
 )
 from btrfs_core.models import QuotaMode, Source, SourceKind, Volume
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
-from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
+from tests.support import loop_pool
 
 from .oracle import (
     RecordingBackend,

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from csi.pb import csi_pb2, csi_pb2_grpc
+from tests.support import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "btrfs-csi"
@@ -84,11 +85,9 @@ def served(socket: Path, pool: Path, *extra: str) -> Iterator[subprocess.Popen[s
         env=environment(),
     )
     try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the driver did not start: {process.communicate(timeout=10)}")
-            time.sleep(0.05)
+        eventually(lambda: socket.exists() or process.poll() is not None, "the driver's socket made")
+        if process.poll() is not None:
+            raise AssertionError(f"the driver did not start: {process.communicate(timeout=10)}")
         yield process
     finally:
         if process.poll() is None:

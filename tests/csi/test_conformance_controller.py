@@ -9,9 +9,9 @@ import pytest
 
 from btrfs_core.pool import MIN_VOLUME_BYTES, Pool
 from csi.pb import csi_pb2
-from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
 from tests.csi.conftest import NODE_ID, Client, GiB, MiB, Mode, code_of, error_of, mount_capability, serve
+from tests.support import loop_pool
 
 TOPOLOGY_KEY = "topology.btrfs.csi.dev/node"
 OURS = csi_pb2.Topology(segments={TOPOLOGY_KEY: NODE_ID})

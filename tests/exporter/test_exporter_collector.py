@@ -14,6 +14,7 @@ from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from btrfs_exporter.collector import PoolCollector
 from tests.exporter.helpers import btrfs, kernel_qgroups, labels, pvc, samples, write_file
+from tests.support import eventually
 
 MiB = 1 << 20
 DRIVER = "btrfs.csi.test"
@@ -262,16 +263,12 @@ def make_inconsistent(mount: Path, subvolume_id: int) -> None:
     assert Pool.open(mount).quota_status().inconsistent
 
 
-def wait_consistent(pool: Pool, timeout: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_consistent(pool: Pool) -> None:
+    def consistent() -> bool:
         status = pool.quota_status()
-        if not status.inconsistent and not status.rescan_running:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"qgroups still inconsistent after {timeout} s: {pool.quota_status()}")
+        return not status.inconsistent and not status.rescan_running
+
+    eventually(consistent, "qgroups consistent", interval=0.05)
 
 
 @pytest.mark.kernel

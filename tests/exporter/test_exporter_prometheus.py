@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry, start_metrics_server
 from tests.conftest import free_port
 from tests.exporter.helpers import kernel_qgroups, pvc, require, write_file
+from tests.support import eventually
 
 MiB = 1 << 20
 pytestmark = pytest.mark.kernel
@@ -23,21 +23,6 @@ pytestmark = pytest.mark.kernel
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s; last: {last!r}")
 
 
 def test_prometheus_scrapes_the_volumes_usage(pool: Pool, btrfs_mount: Path, tmp_path: Path) -> None:
@@ -80,17 +65,19 @@ def test_prometheus_scrapes_the_volumes_usage(pool: Pool, btrfs_mount: Path, tmp
         )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
-        wait_for(
+        eventually(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).status == 200,
-            60,
             "Prometheus ready",
+            60,
+            interval=0.2,
+            ignoring=(OSError,),
         )
 
         def target_up() -> bool:
             targets = get_json(f"{api}/targets")["data"]["activeTargets"]
             return any(t["health"] == "up" for t in targets)
 
-        wait_for(target_up, 30, "scrape target up")
+        eventually(target_up, "scrape target up", interval=0.2, ignoring=(OSError,))
 
         def query() -> list[dict[str, Any]]:
             promql = 'btrfs_csi_volume_referenced_bytes{pvc_namespace="team",pvc_name="data-0"}'
@@ -99,7 +86,7 @@ def test_prometheus_scrapes_the_volumes_usage(pool: Pool, btrfs_mount: Path, tmp
             result: list[dict[str, Any]] = answer["data"]["result"]
             return result
 
-        (sample,) = wait_for(query, 30, "the volume's usage in Prometheus")
+        (sample,) = eventually(query, "the volume's usage in Prometheus", interval=0.2, ignoring=(OSError,))
         assert sample["metric"]["volume_id"] == volume.id
         assert sample["metric"]["job"] == "btrfs-csi"
         assert int(float(sample["value"][1])) == kernel_referenced

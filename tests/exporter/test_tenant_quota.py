@@ -24,9 +24,9 @@ from btrfs_core.models import QuotaMode
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from btrfs_exporter.reconciler import Reconciler
-from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
 from tests.exporter.helpers import btrfs
+from tests.support import loop_pool
 from tests.tenant import as_pod, hand_to_pod, make_subvolume, write_until_refused
 
 pytestmark = pytest.mark.kernel

@@ -27,6 +27,7 @@ from csi.pb import csi_pb2, csi_pb2_grpc
 from tests.core.oracle import qgroup_show, settle, subvolume_list
 from tests.csi.conftest import Client
 from tests.csi.test_cli import REPO, command, environment, serve_args
+from tests.support import eventually
 
 STRESS_ENV = "BTRFS_CSI_STRESS"
 SEED_ENV = "BTRFS_CSI_STRESS_SEED"
@@ -107,23 +108,25 @@ class ServedDriver:
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """Waits until Probe answers ready; returns the seconds since the process was started."""
-        deadline = self.started_at + timeout
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"the driver exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.socket.exists():
-                with grpc.insecure_channel(f"unix://{self.socket}") as channel:
-                    try:
-                        response = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=2)
-                        if response.ready.value:
-                            return time.monotonic() - self.started_at
-                    except grpc.RpcError as exc:
-                        if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                            raise
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the driver was not ready within {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.005)
+        try:
+            eventually(self._ready, "the driver ready", timeout, interval=0.005)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log_tail()}") from None
+        return time.monotonic() - self.started_at
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the driver exited with {self.process.returncode}")
+        if not self.socket.exists():
+            return False
+        with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+            try:
+                return csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=2).ready.value
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                return False
 
     def client(self) -> Client:
         """A client on a channel of its own, closed when the driver is killed or stopped."""

@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from csi.pb import csi_pb2
-from demo.loop_pool import loop_pool
 from tests.conftest import kernel_skip_reason
 from tests.csi.conftest import MiB, mount_capability, tree
 from tests.csi.test_hostile import ANY_TEXT, HOSTILE_IDS, SAFE_ID
 from tests.stress.harness import RPC_TIMEOUT, ServedDriver, count, scaled
+from tests.support import loop_pool
 
 pytestmark = pytest.mark.kernel
 
