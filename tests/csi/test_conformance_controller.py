@@ -168,7 +168,9 @@ def test_create_volume_refuses_capabilities_it_cannot_serve(
 )
 def test_create_volume_accepts_single_node_modes(csi: Client, mode: int) -> None:
     capability = mount_capability(mode, fs_type="btrfs", mount_flags=["noatime", "nosuid"])
-    csi.controller.CreateVolume(create_request(volume_capabilities=[capability]))
+    volume = csi.controller.CreateVolume(create_request(volume_capabilities=[capability])).volume
+    assert volume.volume_id == csi.pool.volume_id("pvc-1") and volume.capacity_bytes == 16 * MiB
+    assert [v.id for v in csi.pool.list_volumes()] == [volume.volume_id]
 
 
 def test_create_volume_refuses_unknown_parameters(csi: Client) -> None:
@@ -386,7 +388,10 @@ def test_delete_volume_is_idempotent(csi: Client) -> None:
 
 
 def test_delete_unknown_volume_is_ok(csi: Client) -> None:
-    csi.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="never-created"))
+    kept = csi.create_volume("pvc-1")
+    response = csi.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="never-created"))
+    assert response == csi_pb2.DeleteVolumeResponse()
+    assert [v.id for v in csi.pool.list_volumes()] == [kept.volume_id]
 
 
 def test_delete_volume_requires_an_id(csi: Client) -> None:
@@ -588,7 +593,9 @@ def test_create_snapshot_accepts_snapshotter_metadata(csi: Client) -> None:
     request = csi_pb2.CreateSnapshotRequest(
         name="snap", source_volume_id=volume.volume_id, parameters=parameters
     )
-    csi.controller.CreateSnapshot(request)
+    snapshot = csi.controller.CreateSnapshot(request).snapshot
+    assert snapshot.source_volume_id == volume.volume_id and snapshot.ready_to_use
+    assert [s.id for s in csi.pool.list_snapshots()] == [snapshot.snapshot_id]
 
 
 def test_delete_snapshot_is_idempotent(csi: Client) -> None:

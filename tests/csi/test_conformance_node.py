@@ -73,10 +73,11 @@ def test_node_info_and_capabilities(kcsi: Client) -> None:
     }
 
 
-def test_stage_is_unimplemented(kcsi: Client) -> None:
-    stage = csi_pb2.NodeStageVolumeRequest(volume_id="v", staging_target_path="/tmp/s")
+def test_stage_is_unimplemented(kcsi: Client, tmp_path: Path) -> None:
+    staging = str(tmp_path / "staging")
+    stage = csi_pb2.NodeStageVolumeRequest(volume_id="v", staging_target_path=staging)
     assert code_of(kcsi.node.NodeStageVolume, stage) == grpc.StatusCode.UNIMPLEMENTED
-    unstage = csi_pb2.NodeUnstageVolumeRequest(volume_id="v", staging_target_path="/tmp/s")
+    unstage = csi_pb2.NodeUnstageVolumeRequest(volume_id="v", staging_target_path=staging)
     assert code_of(kcsi.node.NodeUnstageVolume, unstage) == grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -486,7 +487,9 @@ def test_a_setuid_binary_in_a_volume_gives_a_pod_no_privileges(kcsi: Client) -> 
         target = pods / "t"
         kcsi.publish(volume.volume_id, target)  # the pool's mount allows setuid: the publish must not
         binary = target / "id"
-        shutil.copy("/usr/bin/id", binary)  # root's, setuid: what a compromised pod could leave there
+        id_command = shutil.which("id")
+        assert id_command is not None
+        shutil.copy(id_command, binary)  # root's, setuid: what a compromised pod could leave there
         binary.chmod(0o4755)
         os.chmod(target, 0o755)
         pod = subprocess.run(

@@ -23,8 +23,11 @@ def test_second_holder_is_refused_and_names_the_key() -> None:
 
 def test_kinds_do_not_collide() -> None:
     locks = KeyedTryLock()
-    with locks.hold(volume_key("x")), locks.hold(snapshot_key("x")), locks.hold(target_key("x")):
-        pass  # three keys held at once: none refused the others
+    keys = (volume_key("x"), snapshot_key("x"), target_key("x"))
+    with locks.hold(keys[0]), locks.hold(keys[1]), locks.hold(keys[2]):  # none refused the others
+        for key in keys:  # and each is held
+            with pytest.raises(CsiError), locks.hold(key):
+                pass
 
 
 def test_several_keys_are_all_or_nothing() -> None:

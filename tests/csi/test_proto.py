@@ -7,6 +7,8 @@ Re-record after moving to another CSI release: python -m tests.csi.test_proto PA
 """
 
 import filecmp
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +22,9 @@ from csi.pb import csi_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 OUR_PROTO = REPO / "csi" / "proto" / "csi.proto"
-REFERENCE_PROTO = Path("/work/shared/csi-spec/csi.proto")
-RECORDED_REFERENCE = Path(__file__).parent / "data" / "csi-v1.12.0.descriptor.textproto"
+SPEC_VERSION = "v1.12.0"  # the CSI release recorded
+SPEC_MODULE = f"github.com/container-storage-interface/spec@{SPEC_VERSION}"  # its Go module holds csi.proto
+RECORDED_REFERENCE = Path(__file__).parent / "data" / f"csi-{SPEC_VERSION}.descriptor.textproto"
 GENERATED = (
     "__init__.py",
     *(f"{proto}_pb2{kind}" for proto in ("csi", "peer") for kind in (".py", ".pyi", "_grpc.py", "_grpc.pyi")),
@@ -205,10 +208,23 @@ def test_our_proto_carries_no_reference_prose() -> None:
         assert phrase not in ours
 
 
-def test_recording_is_the_upstream_reference(tmp_path: Path) -> None:
-    if not REFERENCE_PROTO.exists():
-        pytest.skip(f"upstream {REFERENCE_PROTO} is not on this machine; the recording stands in for it")
-    assert compile_descriptor(REFERENCE_PROTO, tmp_path / "ref") == recorded_reference()
+@pytest.fixture
+def upstream_proto() -> Path:
+    """The upstream csi.proto of the recorded release, from its Go module as `go mod download` gets it
+    (Go's module cache, else the Go module proxy); skipped where that cannot be had."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain to fetch the upstream module; the recording stands in for it")
+    fetched = subprocess.run(
+        [go, "mod", "download", "-json", SPEC_MODULE], capture_output=True, text=True, timeout=300
+    )
+    if fetched.returncode != 0:
+        pytest.skip(f"{SPEC_MODULE} not fetched ({fetched.stdout[-300:]}); the recording stands in for it")
+    return Path(json.loads(fetched.stdout)["Dir"]) / "csi.proto"
+
+
+def test_recording_is_the_upstream_reference(upstream_proto: Path, tmp_path: Path) -> None:
+    assert compile_descriptor(upstream_proto, tmp_path / "ref") == recorded_reference()
 
 
 def test_the_comparison_sees_the_custom_options(descriptors: Descriptors) -> None:
@@ -232,4 +248,4 @@ def record(upstream: Path) -> None:
 
 
 if __name__ == "__main__":
-    record(Path(sys.argv[1]) if len(sys.argv) > 1 else REFERENCE_PROTO)
+    record(Path(sys.argv[1]))
