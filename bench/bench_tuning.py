@@ -17,7 +17,7 @@ import time
 from bench.bench_grpc import CAPABILITY, MiB, median_ms, served
 from btrfs_core.pool import Pool
 from csi.pb import csi_pb2
-from demo.loop_pool import loop_pool
+from tests.support import loop_pool
 
 GOAL = 1.1
 KINDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {  # name: (parameters, mutable_parameters)
