@@ -98,8 +98,9 @@ def sync(path: Path) -> None:
 def commit(path: Path) -> None:
     """Commits the running transaction and waits until it is on disk: every change made before the
     call survives a power cut. Unlike sync it writes no file data, so tenants' dirty data never holds
-    it up. Concurrent callers share one commit: START_SYNC attaches to the running transaction (or,
-    while one is committing, waits for it) and names it; WAIT_SYNC returns once it is committed."""
+    it up. START_SYNC attaches to the running transaction (or, while one is committing, waits for it),
+    starts its commit and names it; WAIT_SYNC returns once it is committed. Call it from one thread at
+    a time (GroupCommit does): concurrent START_SYNC calls could wait for the periodic commit."""
     transid = ctypes.c_uint64()
     with opened(path) as fd:
         ioctl.call(fd, ioctl.IOC_START_SYNC, transid, "commit", str(path))
