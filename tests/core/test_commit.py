@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from btrfs_core import filesystem, subvolume
+from btrfs_core.commit import GroupCommit
 from btrfs_core.pool import Pool
 from tests.tenant import as_pod, hand_to_pod
 
@@ -21,15 +22,16 @@ DIRTY = 8 * MiB
 
 def test_a_commit_returns_once_the_transaction_holding_the_change_is_on_disk(btrfs_mount: Path) -> None:
     device = device_of(btrfs_mount)
+    group = GroupCommit(lambda: filesystem.commit(btrfs_mount))  # as the pool commits
 
     def create_and_commit(i: int) -> tuple[int, int]:
         path = btrfs_mount / f"sv-{i}"
         subvolume.create(path)
-        filesystem.commit(btrfs_mount)
+        group.commit()
         # The superblock on the device names the last transaction committed to disk.
         return superblock_generation(device), subvolume.info(path).generation
 
-    # Concurrent callers: some attach to a transaction already committing, some share one.
+    # Concurrent callers: some share a commit, some changed something while one was running.
     with ThreadPoolExecutor(8) as callers:
         committed = list(callers.map(create_and_commit, range(32)))
     assert all(on_disk >= created_in for on_disk, created_in in committed), committed
