@@ -40,6 +40,7 @@ SERVING = "_unary_response_in_pool"
 # A frame that no rule names (btrfs_core/ioctl.py, the backend's one-line delegates) passes to its caller.
 RULES: tuple[tuple[str, str, str], ...] = (
     ("btrfs_core/filesystem.py", "commit", "commit: START_SYNC + WAIT_SYNC"),
+    ("btrfs_core/commit.py", "", "commit: waiting for a shared commit"),
     ("btrfs_core/subvolume.py", "create", "ioctl: subvolume create"),
     ("btrfs_core/subvolume.py", "rename", "rename into volumes/"),
     ("btrfs_core/subvolume.py", "", "ioctl: subvolume info / is_subvolume"),
