@@ -56,9 +56,10 @@ def start(
 ) -> Driver:
     """Builds the servicers over an opened pool and serves them on the configured socket (and the peer
     service on its address, when configured)."""
-    peers = start_peer_endpoint(config, pool) if config.peer_address is not None else None
+    locks = KeyedTryLock()  # one set for every service: a volume is busy whichever RPC holds it
+    peers = start_peer_endpoint(config, pool, locks) if config.peer_address is not None else None
     try:
-        return _start_csi(config, pool, observer, peers)
+        return _start_csi(config, pool, locks, observer, peers)
     except BaseException:
         if peers is not None:
             peers.stop(0)
@@ -66,14 +67,13 @@ def start(
 
 
 def _start_csi(
-    config: Config, pool: Pool, observer: RpcObserver | None, peers: PeerEndpoint | None
+    config: Config, pool: Pool, locks: KeyedTryLock, observer: RpcObserver | None, peers: PeerEndpoint | None
 ) -> Driver:
-    locks = KeyedTryLock()  # one set for both services: a volume is busy whichever RPC holds it
     # The generated .pyi marks every RPC abstract; at run time the base answers those a servicer leaves
     # out with NotImplementedError, which the interceptor maps to UNIMPLEMENTED.
     server = build_server(
         IdentityServicer(config, pool),
-        ControllerServicer(config, pool, locks),  # type: ignore[abstract]
+        ControllerServicer(config, pool, locks, peers.client if peers else None),  # type: ignore[abstract]
         NodeServicer(config, pool, locks),  # type: ignore[abstract]
         max_workers=config.max_workers,
         observer=observer,

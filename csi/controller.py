@@ -16,6 +16,7 @@ from csi.elsewhere import NotHeld
 from csi.errors import CsiError
 from csi.locks import KeyedTryLock, snapshot_key, volume_key
 from csi.pb import csi_pb2, csi_pb2_grpc
+from csi.peer.client import PeerClient
 from csi.responses import condition_message, snapshot_message, volume_message
 
 RPC = csi_pb2.ControllerServiceCapability.RPC
@@ -35,11 +36,13 @@ CAPABILITIES = (
 
 
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, config: Config, pool: Pool, locks: KeyedTryLock) -> None:
+    def __init__(
+        self, config: Config, pool: Pool, locks: KeyedTryLock, peers: PeerClient | None = None
+    ) -> None:
         self._config = config
         self._pool = pool
         self._locks = locks
-        self._not_held = NotHeld(config.node_id)
+        self._not_held = NotHeld(config.node_id, peers)  # with peers: forwards to the volume's owner
 
     def _volume_message(self, volume: Volume, context: bool = False) -> csi_pb2.Volume:
         return volume_message(volume, self._config.topology, context)

@@ -5,11 +5,9 @@ The peer service between the node plugins of one btrfs-csi installation (package
 
 Served on --peer-address behind mutual TLS: only a client whose certificate the installation's CA
 signed, naming a known node as its common name, gets an answer. Narrow on purpose: a peer can ask what
-this node holds, by ID. Nothing here writes or deletes anything on the node that answers. Regenerate
-the Python stubs in csi/pb with tools/gen-proto.
-
-The forwarded ControllerModifyVolume (issue 12) joins this service as one more RPC once the driver
-implements ControllerModifyVolume at all; until then there is nothing to forward.
+this node holds, by ID, never by path, and hand over a ControllerModifyVolume for a volume this node
+holds. Nothing else writes, and nothing deletes, anything the node that answers holds.
+Regenerate the Python stubs in csi/pb with tools/gen-proto.
 """
 
 from collections import abc as _abc
@@ -132,3 +130,61 @@ class LocateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LocateResponse: _TypeAlias = LocateResponse  # noqa: Y015
+
+@_typing.final
+class ModifyVolumeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MutableParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VOLUME_ID_FIELD_NUMBER: _builtins.int
+    MUTABLE_PARAMETERS_FIELD_NUMBER: _builtins.int
+    volume_id: _builtins.str
+    @_builtins.property
+    def mutable_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        volume_id: _builtins.str = ...,
+        mutable_parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mutable_parameters", b"mutable_parameters", "volume_id", b"volume_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModifyVolumeRequest: _TypeAlias = ModifyVolumeRequest  # noqa: Y015
+
+@_typing.final
+class ModifyVolumeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModifyVolumeResponse: _TypeAlias = ModifyVolumeResponse  # noqa: Y015

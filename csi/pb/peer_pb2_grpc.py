@@ -39,6 +39,11 @@ class PeerStub:
                 request_serializer=peer__pb2.LocateRequest.SerializeToString,
                 response_deserializer=peer__pb2.LocateResponse.FromString,
                 _registered_method=True)
+        self.ModifyVolume = channel.unary_unary(
+                '/btrfscsi.peer.v1.Peer/ModifyVolume',
+                request_serializer=peer__pb2.ModifyVolumeRequest.SerializeToString,
+                response_deserializer=peer__pb2.ModifyVolumeResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -52,6 +57,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModifyVolume(self, request, context):
+        """A ControllerModifyVolume that reached a node which does not hold the volume, applied here exactly
+        as if it had come through this node's CSI socket (same validation; never forwarded again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +72,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Locate,
                     request_deserializer=peer__pb2.LocateRequest.FromString,
                     response_serializer=peer__pb2.LocateResponse.SerializeToString,
+            ),
+            'ModifyVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModifyVolume,
+                    request_deserializer=peer__pb2.ModifyVolumeRequest.FromString,
+                    response_serializer=peer__pb2.ModifyVolumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +106,33 @@ class Peer:
             '/btrfscsi.peer.v1.Peer/Locate',
             peer__pb2.LocateRequest.SerializeToString,
             peer__pb2.LocateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModifyVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/btrfscsi.peer.v1.Peer/ModifyVolume',
+            peer__pb2.ModifyVolumeRequest.SerializeToString,
+            peer__pb2.ModifyVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

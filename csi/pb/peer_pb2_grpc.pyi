@@ -5,11 +5,9 @@ The peer service between the node plugins of one btrfs-csi installation (package
 
 Served on --peer-address behind mutual TLS: only a client whose certificate the installation's CA
 signed, naming a known node as its common name, gets an answer. Narrow on purpose: a peer can ask what
-this node holds, by ID. Nothing here writes or deletes anything on the node that answers. Regenerate
-the Python stubs in csi/pb with tools/gen-proto.
-
-The forwarded ControllerModifyVolume (issue 12) joins this service as one more RPC once the driver
-implements ControllerModifyVolume at all; until then there is nothing to forward.
+this node holds, by ID, never by path, and hand over a ControllerModifyVolume for a volume this node
+holds. Nothing else writes, and nothing deletes, anything the node that answers holds.
+Regenerate the Python stubs in csi/pb with tools/gen-proto.
 """
 
 from collections import abc as _abc
@@ -44,6 +42,10 @@ class PeerStub:
     """Which of the named objects this node holds, with their sizes (the receiver checks its capacity
     against them before any byte moves). Objects it does not hold are left out of the answer.
     """
+    ModifyVolume: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ModifyVolumeRequest, _peer_pb2.ModifyVolumeResponse]
+    """A ControllerModifyVolume that reached a node which does not hold the volume, applied here exactly
+    as if it had come through this node's CSI socket (same validation; never forwarded again).
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -51,6 +53,10 @@ class PeerAsyncStub(PeerStub):
     Locate: _aio.UnaryUnaryMultiCallable[_peer_pb2.LocateRequest, _peer_pb2.LocateResponse]  # type: ignore[assignment]
     """Which of the named objects this node holds, with their sizes (the receiver checks its capacity
     against them before any byte moves). Objects it does not hold are left out of the answer.
+    """
+    ModifyVolume: _aio.UnaryUnaryMultiCallable[_peer_pb2.ModifyVolumeRequest, _peer_pb2.ModifyVolumeResponse]  # type: ignore[assignment]
+    """A ControllerModifyVolume that reached a node which does not hold the volume, applied here exactly
+    as if it had come through this node's CSI socket (same validation; never forwarded again).
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -62,6 +68,16 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_peer_pb2.LocateResponse, _abc.Awaitable[_peer_pb2.LocateResponse]]:
         """Which of the named objects this node holds, with their sizes (the receiver checks its capacity
         against them before any byte moves). Objects it does not hold are left out of the answer.
+        """
+
+    @_abc_1.abstractmethod
+    def ModifyVolume(
+        self,
+        request: _peer_pb2.ModifyVolumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.ModifyVolumeResponse, _abc.Awaitable[_peer_pb2.ModifyVolumeResponse]]:
+        """A ControllerModifyVolume that reached a node which does not hold the volume, applied here exactly
+        as if it had come through this node's CSI socket (same validation; never forwarded again).
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,11 +3,13 @@ that node (peers are dialled by address, so the name to check is given explicitl
 
 import logging
 import threading
+from collections.abc import Mapping
 from concurrent import futures
 
 import grpc
 
 from btrfs_core.models import Source
+from csi.errors import CsiError, unavailable
 from csi.pb import peer_pb2, peer_pb2_grpc
 from csi.peer.directory import PeerDirectory
 from csi.peer.service import object_ref
@@ -17,6 +19,7 @@ log = logging.getLogger("csi.peer")
 
 LOCATE_TIMEOUT_SECONDS = 5.0  # an unreachable node must not hold up the search on the others
 LOCATE_PARALLELISM = 8
+MODIFY_TIMEOUT_SECONDS = 30.0  # a modify commits once on the owner: well under a second
 
 
 class PeerClient:
@@ -70,6 +73,20 @@ class PeerClient:
             )
             return None
         return response.held[0].size_bytes if response.held else None
+
+    def modify(self, node: str, volume_id: str, mutable_parameters: Mapping[str, str]) -> None:
+        """A ControllerModifyVolume applied on `node`; its refusal is raised with the code it had there."""
+        address = self._directory.addresses().get(node)
+        if address is None:
+            raise unavailable(f"node {node} holds volume {volume_id} but is no longer a peer: retry later")
+        request = peer_pb2.ModifyVolumeRequest(volume_id=volume_id, mutable_parameters=mutable_parameters)
+        try:
+            self._stub(node, address).ModifyVolume(request, timeout=MODIFY_TIMEOUT_SECONDS)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                code = grpc.StatusCode.UNAVAILABLE  # not applied, as far as we know: retried
+            raise CsiError(code, f"node {node}: {exc.details()}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -7,13 +7,14 @@ import grpc
 
 from btrfs_core.pool import Pool
 from csi.config import Config
+from csi.locks import KeyedTryLock
 from csi.peer.client import PeerClient
 from csi.peer.directory import PeerDirectory, PeerSetupError, StaticPeers, host_port, kubernetes_peers
 from csi.peer.service import PeerServicer
 from csi.peer.tls import TlsError, TlsMaterial
 from csi.server import ServeError, build_peer_server
 
-PEER_WORKERS = 8  # peers ask rarely; a send holds one worker for its whole stream
+PEER_WORKERS = 8  # peers ask rarely
 
 
 @dataclass
@@ -34,7 +35,7 @@ def peer_directory(config: Config) -> PeerDirectory:
     return StaticPeers(dict(config.peers.static))
 
 
-def start_peer_endpoint(config: Config, pool: Pool) -> PeerEndpoint:
+def start_peer_endpoint(config: Config, pool: Pool, locks: KeyedTryLock) -> PeerEndpoint:
     """Serves the peer service on config.peer_address (ServeError, one line, when it cannot)."""
     assert config.peer_address is not None and config.peer_tls_dir is not None
     try:
@@ -42,7 +43,7 @@ def start_peer_endpoint(config: Config, pool: Pool) -> PeerEndpoint:
         directory = peer_directory(config)
     except (TlsError, PeerSetupError) as exc:
         raise ServeError(str(exc)) from None
-    server = build_peer_server(PeerServicer(pool, directory), max_workers=PEER_WORKERS)
+    server = build_peer_server(PeerServicer(pool, directory, locks), max_workers=PEER_WORKERS)
     address = host_port(*config.peer_address)
     try:
         port = server.add_secure_port(address, tls.server_credentials())

@@ -2,9 +2,11 @@
 
 Every call first checks who is asking: grpc has verified the client certificate against the
 installation's CA at the handshake; here its common name must be a node the peer directory knows.
-Objects are named by kind and ID, validated like IDs in CSI requests before they become a path; nothing
-here writes or deletes on this node.
+Objects are named by kind and ID, validated like IDs in CSI requests before they become a path. The one
+call that changes anything is a ControllerModifyVolume handed over by the node it reached.
 """
+
+import logging
 
 import grpc
 
@@ -13,9 +15,12 @@ from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import Pool
 from csi import validation as v
 from csi.errors import CsiError, invalid
+from csi.locks import KeyedTryLock, volume_key
 from csi.pb import peer_pb2, peer_pb2_grpc
 from csi.peer.directory import PeerDirectory
 from csi.peer.tls import peer_node
+
+log = logging.getLogger("csi.peer")
 
 MAX_LOCATE_OBJECTS = 64  # a CreateVolume asks for one source; a bound keeps one call cheap
 
@@ -35,9 +40,10 @@ def object_ref(source: Source) -> peer_pb2.ObjectRef:
 
 
 class PeerServicer(peer_pb2_grpc.PeerServicer):
-    def __init__(self, pool: Pool, directory: PeerDirectory) -> None:
+    def __init__(self, pool: Pool, directory: PeerDirectory, locks: KeyedTryLock) -> None:
         self._pool = pool
         self._directory = directory
+        self._locks = locks  # the CSI servicers' own: a volume is busy whichever call holds it
 
     def _authorize(self, context: grpc.ServicerContext) -> str:
         node = peer_node(context)
@@ -68,3 +74,14 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 continue
             held.append(peer_pb2.HeldObject(object=object_ref(source), size_bytes=size))
         return peer_pb2.LocateResponse(held=held)
+
+    def ModifyVolume(
+        self, request: peer_pb2.ModifyVolumeRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.ModifyVolumeResponse:
+        node = self._authorize(context)
+        volume_id = v.required_id(request.volume_id, "volume_id")
+        compression = v.compression(v.mutable_parameters(request.mutable_parameters), "mutable_parameters")
+        log.info("modify from a peer", extra={"fields": {"peer": node, "volume_id": volume_id}})
+        with self._locks.hold(volume_key(volume_id)):
+            self._pool.modify_volume(volume_id, compression)  # NotFound: not here either
+        return peer_pb2.ModifyVolumeResponse()
