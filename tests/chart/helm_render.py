@@ -42,6 +42,15 @@ OPTIONS: dict[str, Values] = {
         "apiServer": {"host": "127.0.0.1", "port": 6443},
         "snapshotController": {"enabled": True},
     },
+    # Snapshots that travel: the peer service, with Helm-generated certificates or a user's Secret.
+    "peers": {"peers": {"enabled": True, "nodes": ["node-a", "node-b"]}},
+    "peers-secret": {
+        "peers": {
+            "enabled": True,
+            "nodes": ["node-a"],
+            "tls": {"mode": "secret", "secretName": "my-peer-tls"},
+        }
+    },
     "custom-driver-name": {
         "driverName": "fast.btrfs.example.com",
         "storageClass": {"name": "btrfs-fast", "allowedNodes": ["node-a", "node-b"]},

@@ -110,6 +110,15 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* The Secret holding the peer channel's CA and node certificates (peers.tls). */}}
+{{- define "btrfs-csi.peerTlsSecret" -}}
+{{- if eq .Values.peers.tls.mode "secret" -}}
+{{- .Values.peers.tls.secretName -}}
+{{- else -}}
+{{- printf "%s-peer-tls" (include "btrfs-csi.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Pod network settings: the node's network namespace when .Values.hostNetwork is set. */}}
 {{- define "btrfs-csi.hostNetwork" -}}
 {{- if .Values.hostNetwork }}
