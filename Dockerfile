@@ -6,9 +6,10 @@
 # Runtime needs:
 #   - mount/umount/losetup and findmnt/blkid: the `mount` and `util-linux` packages, both part of
 #     every Debian base (required/essential), so nothing to install.
-#   - mkfs.btrfs (btrfs-progs): only for the chart's pool.mode=loopfile init container, which
-#     formats a fresh test pool with this same image. The driver itself talks to the kernel through
-#     ioctls and never runs the btrfs CLI.
+#   - btrfs-progs: mkfs.btrfs for the chart's pool.mode=loopfile init container, which formats a
+#     fresh test pool with this same image, and `btrfs receive` for a snapshot streamed from another
+#     node (a restore or clone across nodes). Everything else goes through the kernel's ioctls.
+#   - setpriv (util-linux, required/essential): the receive process dies with the driver.
 #
 # Pin the base by digest for reproducible builds, e.g.
 #   --build-arg PYTHON_IMAGE=python:3.11-slim-trixie@sha256:<digest>

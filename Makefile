@@ -38,6 +38,7 @@ bench: $(STAMP) system-deps
 	$(PY) -m bench.bench_goals
 	$(PY) -m bench.bench_quota
 	$(PY) -m bench.bench_tuning
+	$(PY) -m bench.bench_transfer
 
 stress: $(STAMP) system-deps
 	BTRFS_CSI_STRESS=1 $(VENV)/bin/pytest -q -ra tests/stress

@@ -206,6 +206,21 @@ class GetSubvolInfoArgs(ctypes.Structure):
     ]
 
 
+class SendArgs(ctypes.Structure):
+    _fields_ = [
+        ("send_fd", s64),  # where the kernel writes the stream
+        ("clone_sources_count", u64),
+        ("clone_sources", ctypes.c_void_p),  # u64 subvolume ids
+        ("parent_root", u64),  # 0: a full stream
+        ("flags", u64),
+        ("version", u32),  # with SEND_FLAG_VERSION; else stream version 1
+        ("reserved", u8 * 28),
+    ]
+
+
+assert ctypes.sizeof(SendArgs) == 72
+
+
 class FsInfoArgs(ctypes.Structure):
     _fields_ = [
         ("max_id", u64),
@@ -253,6 +268,7 @@ IOC_SUBVOL_SETFLAGS = _ioc(_WRITE, 26, 8)
 IOC_SPACE_INFO = _ioc(_READ | _WRITE, 20, SPACE_ARGS.size)
 IOC_DEV_INFO = _ioc(_READ | _WRITE, 30, ctypes.sizeof(DevInfoArgs))
 IOC_FS_INFO = _ioc(_READ, 31, ctypes.sizeof(FsInfoArgs))
+IOC_SEND = _ioc(_WRITE, 38, ctypes.sizeof(SendArgs))
 IOC_QUOTA_CTL = _ioc(_READ | _WRITE, 40, ctypes.sizeof(QuotaCtlArgs))
 IOC_QGROUP_ASSIGN = _ioc(_WRITE, 41, ctypes.sizeof(QgroupAssignArgs))
 IOC_QGROUP_CREATE = _ioc(_WRITE, 42, ctypes.sizeof(QgroupCreateArgs))

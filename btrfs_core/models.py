@@ -117,6 +117,7 @@ class SubvolumeInfo:
     generation: int
     otime: float  # creation time, seconds since the epoch
     readonly: bool
+    received_uuid: UUID | None = None  # a received subvolume: the UUID of the one that was sent
 
 
 class QgroupUsage(NamedTuple):

@@ -41,6 +41,7 @@ from btrfs_core.qgroups import VolumeQgroups
 from btrfs_core.shared import PoolShared
 from btrfs_core.snapshots import Snapshots, refuse_nested
 from btrfs_core.staging import Debris, Staging
+from btrfs_core.transfer import Transfers
 from btrfs_core.tuning import VolumeTuning, check_same_tuning, resolve_tuning
 
 T = TypeVar("T")
@@ -72,6 +73,15 @@ class Pool:
             self._meta,
             overprovision,
             lambda: [self.volumes_dir / entry for entry in self._ids(self.volumes_dir)],
+        )
+        self.transfers = Transfers(
+            shared,
+            self._qgroups,
+            self._staging,
+            self._capacities,
+            self._snapshots,
+            self._health,
+            self._build_volume,
         )
 
     @classmethod
@@ -217,10 +227,13 @@ class Pool:
         meta: dict[str, str],
         tuned: Tuning,
         base: Tuning,
+        received: Path | None = None,
     ) -> Volume:
-        origin = self._source_path(source, capacity)
-        self._health.check_writable(limits=True)
-        self._capacities.reserve(volume_id, capacity)
+        """received: the origin, a subvolume a receive made, its capacity reserved already (transfer.py)."""
+        origin = received or self._source_path(source, capacity)
+        if received is None:
+            self._health.check_writable(limits=True)
+            self._capacities.reserve(volume_id, capacity)
         staged = self._staging.path(volume_id)
         group = None
         try:

@@ -1,12 +1,13 @@
 """Snapshots: read-only subvolumes under snapshots/<id>, each of one volume, never recursive."""
 
+import errno
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 from btrfs_core import ids, metadata
 from btrfs_core.backend import Backend
-from btrfs_core.errors import AlreadyExists, NestedSubvolumes, NotFound
+from btrfs_core.errors import AlreadyExists, InUse, KernelError, NestedSubvolumes, NotFound
 from btrfs_core.models import Snapshot, Volume
 from btrfs_core.qgroups import VolumeQgroups
 from btrfs_core.shared import PoolShared
@@ -92,7 +93,15 @@ class Snapshots:
             # read-only subvolume could not be renamed out of sight anyway.
             if self._fs.is_subvolume(path):
                 self._check_writable()
-                self._fs.delete_subvolume(path)
+                try:
+                    self._fs.delete_subvolume(path)
+                except KernelError as exc:
+                    if exc.errno != errno.EPERM:
+                        raise
+                    raise InUse(
+                        f"snapshot {snapshot_id} cannot be deleted while it is being sent (the kernel "
+                        "refuses: EPERM); retry when the transfer has ended"
+                    ) from None
         self._commit.commit()
 
 

@@ -35,6 +35,8 @@ class Staging:
         self._snapshots_dir = root / "snapshots"
         self._fs = backend
         self.trash: set[Path] = set()  # renamed into staging by a delete that is still deleting it
+        # Used by a transfer in progress (a send's temporary snapshot, a receive), which removes it itself.
+        self.busy: set[Path] = set()
 
     def path(self, object_id: str) -> Path:
         """A fresh name in staging for an object being built or deleted."""
@@ -62,11 +64,11 @@ class Staging:
         return Debris(removed, left)
 
     def _debris(self) -> list[Path]:
-        """Staging entries but those a delete in progress removes itself, and the snapshots that a
+        """Staging entries but those a delete or transfer in progress removes itself, and the snapshots that a
         crash left half-made under their hidden names."""
         staged = [self.dir / name for name in sorted(self._fs.list_dir(self.dir))]
         hidden = [self._snapshots_dir / name for name in sorted(self._fs.list_dir(self._snapshots_dir))]
-        return [entry for entry in staged if entry not in self.trash] + [
+        return [entry for entry in staged if entry not in self.trash | self.busy] + [
             entry for entry in hidden if entry.name.startswith(".") and self._fs.is_subvolume(entry)
         ]
 

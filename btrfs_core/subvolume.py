@@ -92,6 +92,7 @@ def info(path: Path) -> SubvolumeInfo:
     with opened(path) as fd:
         ioctl.call(fd, ioctl.IOC_GET_SUBVOL_INFO, args, "subvolume info", str(path))
     parent_uuid = uuid.UUID(bytes=bytes(args.parent_uuid))
+    received_uuid = uuid.UUID(bytes=bytes(args.received_uuid))
     return SubvolumeInfo(
         id=args.treeid,
         name=args.name.decode(errors="surrogateescape"),
@@ -101,6 +102,7 @@ def info(path: Path) -> SubvolumeInfo:
         generation=args.generation,
         otime=args.otime.sec + args.otime.nsec / 1e9,
         readonly=bool(args.flags & ioctl.ROOT_SUBVOL_RDONLY),
+        received_uuid=None if received_uuid.int == 0 else received_uuid,
     )
 
 

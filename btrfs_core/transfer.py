@@ -1,0 +1,205 @@
+"""Snapshots that travel: a read-only snapshot of the pool, or a volume through a temporary read-only
+snapshot, streamed out as a btrfs send stream, always named by ID, never by path; and a volume made
+from such a stream, which another pool sent.
+
+A receive is a restore whose source arrives as bytes: the capacity is promised before the first byte
+is read, the stream lands in a subvolume of its own in staging, and the volume is made from what
+arrived exactly as a local restore makes it from a snapshot (a writable snapshot in its own level-1
+qgroup, the limit set, metadata written, renamed into volumes/, committed). A crash at any point leaves
+only staging debris, which opening the pool removes.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from btrfs_core import ids, metadata, sendstream
+from btrfs_core.capacity import Capacities, capacity_for, check_range, check_same_volume
+from btrfs_core.errors import BtrfsCoreError, InUse, InvalidArgument, NotFound
+from btrfs_core.health import HealthCheck
+from btrfs_core.models import NO_TUNING, Source, SourceKind, Tuning, TuningRequest, Volume
+from btrfs_core.qgroups import VolumeQgroups
+from btrfs_core.sendstream import ByteSource, Progress, Sink
+from btrfs_core.shared import PoolShared
+from btrfs_core.snapshots import Snapshots, refuse_nested
+from btrfs_core.staging import Staging
+from btrfs_core.tuning import check_same_tuning, resolve_tuning
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A stream longer than this many times the capacity (plus room for its commands) is cut off: it
+# holds a file's data uncompressed, so a volume of compressed data may send more bytes than its
+# limit, but a stream that would fill the pool is a sender gone wrong.
+_STREAM_PER_CAPACITY, _STREAM_COMMAND_BYTES = 2, 64 << 20
+
+# Pool._build_volume: the volume made from a received subvolume, its capacity reserved already.
+BuildVolume = Callable[[str, str, int, Source | None, dict[str, str], Tuning, Tuning, Path | None], Volume]
+
+
+class Transfers:
+    """The send streams of one pool, out and in; shares the pool's lock and commit."""
+
+    def __init__(
+        self,
+        shared: PoolShared,
+        qgroups: VolumeQgroups,
+        staging: Staging,
+        capacities: Capacities,
+        snapshots: Snapshots,
+        health: HealthCheck,
+        build_volume: BuildVolume,
+    ) -> None:
+        self._volumes_dir = shared.root / "volumes"
+        self._fs, self._meta, self._lock, self._commit = shared.fs, shared.meta, shared.lock, shared.commit
+        self._qgroups = qgroups
+        self._staging = staging
+        self._capacities = capacities
+        self._snapshots = snapshots
+        self._health = health
+        self._build_volume = build_volume
+        self._receiving: set[str] = set()  # volume ids (needs the lock)
+
+    def send_snapshot(self, snapshot_id: str, out: Sink, progress: Progress | None = None) -> int:
+        """Streams snapshot `snapshot_id` into out (a file descriptor or a writer); the bytes sent.
+        progress, when given, is told the bytes sent so far after each chunk (the same in every call).
+
+        Only a read-only snapshot of this pool: an ID that names nothing, a volume or a subvolume
+        without the driver's snapshot metadata is NotFound; one made writable behind the driver's
+        back is refused (its content could change while it is streamed)."""
+        path = self._snapshots.path(snapshot_id)
+        self._meta.snapshot(path)  # NotFound when it is not a snapshot of ours
+        if not self._fs.subvolume_info(path).readonly:
+            raise InvalidArgument(f"snapshot {snapshot_id} is not read-only: it was made writable, not sent")
+        return _logged(f"send of snapshot {snapshot_id}", lambda: sendstream.send(path, out, progress))
+
+    def send_volume(self, volume_id: str, out: Sink, progress: Progress | None = None) -> int:
+        """Streams volume `volume_id` as it is now, through a temporary read-only snapshot in staging
+        that is removed afterwards, whether the send succeeds or not (a crash leaves it to the clean-up
+        of staging); the bytes sent."""
+        with self._lock:
+            origin = self._volume_location(volume_id)
+            refuse_nested(self._fs, origin, f"volume {volume_id}")
+            self._qgroups.after_rescan()
+            staged = self._staging.path(volume_id)
+            self._fs.snapshot(origin, staged, readonly=True)
+            self._staging.busy.add(staged)
+        try:
+            with self._lock:
+                refuse_nested(self._fs, origin, f"volume {volume_id}")  # one made meanwhile
+                # Full qgroups: the snapshot marks accounting inconsistent, and no limit holds until a
+                # rescan ends (as for any snapshot).
+                self._qgroups.rescan_if_inconsistent()
+            return _logged(f"send of volume {volume_id}", lambda: sendstream.send(staged, out, progress))
+        finally:
+            self._release(staged)
+
+    def receive_volume(
+        self,
+        name: str,
+        required: int,
+        source: Source,
+        size: int,
+        stream: ByteSource,
+        metadata: Mapping[str, str] | None = None,
+        limit: int = 0,
+        tuning: TuningRequest | None = None,
+        progress: Progress | None = None,
+    ) -> Volume:
+        """Pool.create_volume from `source`, held by another pool, as the send stream of `source`
+        (`size`: its size there, the least the volume can have).
+
+        Idempotent as create_volume: when the volume exists already, nothing is read from stream. The
+        capacity is reserved before the first byte is read (InsufficientCapacity, CapacityOutOfRange
+        refuse it with the stream untouched); a second receive of the same volume while one runs is
+        InUse. stream: a file descriptor, anything with read(n), or an iterable of byte chunks. tuning:
+        what was asked; the rest is the source's, as its metadata arrives in the stream.
+        """
+        volume_id = ids.object_id(name, "volume")
+        check_range(required, limit)
+        wanted = dict(metadata or {})
+        asked = tuning or TuningRequest()
+        with self._lock:
+            existing = self._meta.existing(self._volumes_dir / volume_id, self._meta.volume)
+            if existing is not None:
+                check_same_volume(existing, name, required, limit, source, wanted)
+                check_same_tuning(existing, asked, has_source=True)
+                return existing
+            if volume_id in self._receiving:
+                raise InUse(f"volume {volume_id} is being received already")
+            capacity = capacity_for(required, limit, source, size)
+            resolve_tuning(asked, NO_TUNING, name)  # what was asked, refused before any byte moves
+            self._health.check_writable(limits=True)
+            self._capacities.reserve(volume_id, capacity)
+            # A subvolume, not a directory: the clean-up of staging deletes it with whatever a crash
+            # left inside, read-only or not, by subvolume ID.
+            landing = self._staging.path(volume_id)
+            try:
+                self._fs.create_subvolume(landing)
+            except BaseException:
+                self._capacities.pop(volume_id)
+                raise
+            self._staging.busy.add(landing)
+            self._receiving.add(volume_id)
+        try:
+            bound = capacity * _STREAM_PER_CAPACITY + _STREAM_COMMAND_BYTES
+            meter = sendstream.Meter(bound, progress)
+            received = _logged(
+                f"receive of volume {volume_id}", lambda: sendstream.receive(landing, stream, meter)
+            )
+            with self._lock:
+                base = self._received_tuning(received, source)
+                tuned = resolve_tuning(asked, base, f"{source.kind.value} {source.id}")
+                volume = self._build_volume(volume_id, name, capacity, source, wanted, tuned, base, received)
+        except BaseException:
+            with self._lock:
+                self._capacities.pop(volume_id)
+            raise
+        finally:
+            with self._lock:
+                self._receiving.discard(volume_id)
+            self._release(landing)
+        self._commit.commit()
+        return volume
+
+    def _received_tuning(self, received: Path, source: Source) -> Tuning:
+        """The tuning a received subvolume has: the compression its source's root had (a property the
+        stream carries as an extended attribute, with the source's metadata), never nodatacow (a file
+        flag, which stream version 1 does not carry)."""
+        xattr = self._meta.snapshot_xattr if source.kind is SourceKind.SNAPSHOT else self._meta.volume_xattr
+        try:
+            compression = metadata.tuning_of(self._meta.read(received, xattr)).compression
+        except NotFound:  # sent by a driver that kept no metadata there
+            return NO_TUNING
+        return Tuning(compression, nodatacow=False)
+
+    def _volume_location(self, volume_id: str) -> Path:
+        path = self._volumes_dir / ids.check_id(volume_id, "volume")
+        if not self._fs.is_subvolume(path):
+            raise NotFound(f"volume {volume_id} does not exist")
+        self._meta.volume(path)  # NotFound when it is not a volume of ours
+        return path
+
+    def _release(self, staged: Path) -> None:
+        """Removes what a transfer had in staging, now or, when that fails, in the next clean-up."""
+        with self._lock:
+            self._staging.busy.discard(staged)
+            try:
+                self._staging.discard(staged)
+            except BtrfsCoreError as exc:
+                log.warning("%s left for the clean-up of staging: %s", staged, exc)
+
+
+def _logged(what: str, transfer: Callable[[], T]) -> T:
+    """One log line as a transfer starts, one as it ends (or fails), with its duration."""
+    log.info("%s: started", what)
+    started = time.monotonic()
+    try:
+        result = transfer()
+    except BaseException as exc:
+        log.warning("%s: failed after %.1f s: %s", what, time.monotonic() - started, exc)
+        raise
+    log.info("%s: done in %.1f s", what, time.monotonic() - started)
+    return result
