@@ -96,6 +96,7 @@ class Kube:
         size: str,
         data_source: dict[str, str] | None = None,
         access_mode: str = "ReadWriteOnce",
+        attributes_class: str | None = None,
     ) -> None:
         spec: dict[str, Any] = {
             "accessModes": [access_mode],
@@ -104,6 +105,8 @@ class Kube:
         }
         if data_source:
             spec["dataSource"] = data_source
+        if attributes_class:
+            spec["volumeAttributesClassName"] = attributes_class
         self.core.create_namespaced_persistent_volume_claim(
             self.namespace, {"metadata": {"name": name}, "spec": spec}
         )

@@ -9,6 +9,7 @@ file order; the last one uninstalls and reinstalls the release.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -312,7 +313,68 @@ def release_objects(kube: Kube) -> list[str]:
     return found + [f"VolumeSnapshotClass/{c['metadata']['name']}" for c in classes["items"]]
 
 
-def test_10_helm_upgrade_keeps_volumes_and_uninstall_leaves_nothing(cluster: Provider, kube: Kube) -> None:
+def test_10_a_claim_moved_to_another_volume_attributes_class_changes_its_compression(
+    cluster: Provider, kube: Kube
+) -> None:
+    # The resizer applies a class change through the driver of its own node (volumes are node-local
+    # and node plugins cannot reach each other yet): the claim's pod goes to that node.
+    [resizer] = kube.core.list_namespaced_pod(
+        NAMESPACE, label_selector="app.kubernetes.io/component=resizer"
+    ).items
+    node = resizer.spec.node_name
+    classes = {"btrfs-e2e-zstd": "zstd", "btrfs-e2e-lzo": "lzo"}
+    for name, algorithm in classes.items():
+        kube.storage.create_volume_attributes_class(
+            {
+                "metadata": {"name": name},
+                "driverName": DRIVER_NAME,
+                "parameters": {"compression": algorithm},
+            }
+        )
+    try:
+        kube.pvc("tuned", "64Mi", attributes_class="btrfs-e2e-zstd")
+        kube.pod("app", "tuned", "echo before > /data/before && sync && sleep 3600", node=node)
+        kube.wait_running("app")
+        root = cluster.pool_path(node) / "volumes" / kube.pv_of("tuned").spec.csi.volume_handle
+
+        def compression() -> str | None:
+            try:
+                return os.getxattr(root, "btrfs.compression").decode()
+            except OSError:
+                return None
+
+        assert compression() == "zstd", "the class at creation"
+        kube.core.patch_namespaced_persistent_volume_claim(
+            "tuned", kube.namespace, {"spec": {"volumeAttributesClassName": "btrfs-e2e-lzo"}}
+        )
+
+        def moved() -> bool:
+            claim = kube.core.read_namespaced_persistent_volume_claim("tuned", kube.namespace)
+            return bool(claim.status.current_volume_attributes_class_name == "btrfs-e2e-lzo")
+
+        wait_for("the claim's current class is btrfs-e2e-lzo", moved, 300)
+        assert compression() == "lzo", "ControllerModifyVolume set the property on the published volume"
+        rc, out = kube.exec("app", "echo after > /data/after && sync && cat /data/before /data/after")
+        assert rc == 0 and out.split() == ["before", "after"], out
+        assert os.getxattr(root / "after", "btrfs.compression") == b"lzo"
+
+        def exported() -> str | None:
+            sample = find_sample(
+                kube.driver_metrics(node),
+                "btrfs_csi_volume_info",
+                pvc_namespace=kube.namespace,
+                pvc_name="tuned",
+            )
+            return None if sample is None else sample.labels["compression"]
+
+        assert wait_for("btrfs_csi_volume_info shows lzo", lambda: exported() == "lzo" or None, 60)
+    finally:
+        kube.delete_pod("app")
+        for name in classes:
+            kube.storage.delete_volume_attributes_class(name)
+
+
+def test_11_helm_upgrade_keeps_volumes_and_uninstall_leaves_nothing(cluster: Provider, kube: Kube) -> None:
     kube.pvc("lasting", "32Mi")
     kube.pod("writer", "lasting", WRITE_AND_SUM)
     assert kube.wait_finished("writer") == "Succeeded", kube.logs("writer")
