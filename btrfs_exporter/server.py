@@ -180,10 +180,13 @@ class _RequestGate:
 
 def _request_handler(request: Any, client_address: Any, server: WSGIServer) -> WSGIRequestHandler:
     """Serves one request with the stdlib's WSGI request handler, its access and error lines sent to
-    this module's log at DEBUG: it writes them raw to stderr, which holds the driver's (JSON) log."""
+    this module's log at DEBUG: it writes them raw to stderr, which holds the driver's (JSON) log.
+
+    The handler serves the request inside its constructor, so the log hook is put on the instance
+    between allocating it and running __init__ (a subclass would be a request handler of our own)."""
     handler = WSGIRequestHandler.__new__(WSGIRequestHandler)
     handler.log_message = functools.partial(_log_http, client_address)  # type: ignore[method-assign]
-    WSGIRequestHandler.__init__(handler, request, client_address, server)  # handles the request
+    WSGIRequestHandler.__init__(handler, request, client_address, server)
     return handler
 
 
