@@ -3,14 +3,14 @@
 import functools
 from pathlib import Path
 
-from btrfs_core import ioctl
+from btrfs_core import ioctl, trees
 from btrfs_core.errors import InUse, InvalidArgument, NotFound
 from btrfs_core.models import QgroupUsage, QuotaMode, QuotaStatus
 from btrfs_core.subvolume import list_all, opened
 
-_STATUS_FLAGS = ioctl.item_struct(ioctl.QgroupStatusItem, "flags")
-_INFO_RFER_EXCL = ioctl.item_struct(ioctl.QgroupInfoItem, "rfer", "excl")
-_INFO_EXCL = ioctl.item_struct(ioctl.QgroupInfoItem, "excl")
+_STATUS_FLAGS = trees.item_struct(trees.QgroupStatusItem, "flags")
+_INFO_RFER_EXCL = trees.item_struct(trees.QgroupInfoItem, "rfer", "excl")
+_INFO_EXCL = trees.item_struct(trees.QgroupInfoItem, "excl")
 # A QgroupUsage of its fields in one tuple, made without a Python-level call: a scrape makes 20,000.
 _usage = functools.partial(tuple.__new__, QgroupUsage)
 LEVEL_SHIFT = ioctl.QGROUP_LEVEL_SHIFT
@@ -22,7 +22,7 @@ def status(path: Path) -> QuotaStatus:
     with opened(path) as fd:
         try:
             items = list(
-                ioctl.tree_search(
+                trees.tree_search(
                     fd,
                     ioctl.QUOTA_TREE,
                     (0, ioctl.QGROUP_STATUS_KEY, 0),
@@ -112,7 +112,7 @@ def relations(path: Path) -> dict[int, set[int]]:
     found: dict[int, set[int]] = {}
     try:
         with opened(path) as fd:
-            for member, parent, _data in ioctl.items_of_type(
+            for member, parent, _data in trees.items_of_type(
                 fd, ioctl.QUOTA_TREE, ioctl.QGROUP_RELATION_KEY, str(path)
             ):
                 if member >> LEVEL_SHIFT < parent >> LEVEL_SHIFT:
@@ -127,17 +127,17 @@ def _collect(path: Path, first: int, last: int) -> dict[int, QgroupUsage]:
     with opened(path) as fd:
         limits = {
             qgroupid: max_rfer if flags & ioctl.QGROUP_LIMIT_MAX_RFER else None
-            for qgroupid, _length, flags, max_rfer in ioctl.fixed_items(
+            for qgroupid, _length, flags, max_rfer in trees.fixed_items(
                 fd,
                 ioctl.QUOTA_TREE,
                 0,
                 ioctl.QGROUP_LIMIT_KEY,
                 (first, last),
-                ioctl.QGROUP_LIMIT_ITEM_RFER,
+                trees.QGROUP_LIMIT_ITEM_RFER,
                 str(path),
             )
         }
-        infos = ioctl.fixed_items(
+        infos = trees.fixed_items(
             fd, ioctl.QUOTA_TREE, 0, ioctl.QGROUP_INFO_KEY, (first, last), _INFO_RFER_EXCL, str(path)
         )
         return {
@@ -179,7 +179,7 @@ def exclusive_all(path: Path) -> dict[int, int]:
     at 10,000 volumes with a snapshot each)."""
     try:
         with opened(path) as fd:
-            infos = ioctl.fixed_items(
+            infos = trees.fixed_items(
                 fd, ioctl.QUOTA_TREE, 0, ioctl.QGROUP_INFO_KEY, (0, ioctl.U64_MAX), _INFO_EXCL, str(path)
             )
             return {qgroupid: excl for qgroupid, _length, excl in infos}

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from btrfs_core import ioctl
+from btrfs_core import ioctl, trees
 from btrfs_core.errors import BtrfsCoreError, InUse, InvalidArgument, KernelError, NotFound, ReadOnly
 from btrfs_core.models import SubvolumeInfo
 
 # Every subvolume's root directory has this inode number.
 SUBVOLUME_ROOT_INODE = 256
-_ROOT_REF = ioctl.item_struct(ioctl.RootRef, "dirid", "name_len")  # the name follows
+_ROOT_REF = trees.item_struct(trees.RootRef, "dirid", "name_len")  # the name follows
 # A delete outruns a pod still creating subvolumes inside for this many rounds.
 _DELETE_ROUNDS = 5
 
@@ -131,7 +131,7 @@ class _RootRef:
 def _root_refs(fd: int, parent_id: int, target: str) -> list[_RootRef]:
     """The subvolumes directly nested in subvolume parent_id (at any directory depth inside it)."""
     found = []
-    refs = ioctl.tree_search(
+    refs = trees.tree_search(
         fd,
         ioctl.ROOT_TREE,
         (parent_id, ioctl.ROOT_REF_KEY, 0),
@@ -272,7 +272,7 @@ def delete(path: Path) -> None:
 def list_all(path: Path) -> dict[int, int]:
     """Every subvolume of the filesystem holding path: id -> parent subvolume id."""
     with opened(path) as fd:
-        backrefs = ioctl.items_of_type(
+        backrefs = trees.items_of_type(
             fd, ioctl.ROOT_TREE, ioctl.ROOT_BACKREF_KEY, str(path), ioctl.LAST_FREE_OBJECTID
         )
         return {objectid: offset for objectid, offset, _data in backrefs}

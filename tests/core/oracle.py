@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from btrfs_core import filesystem, ioctl, quota, subvolume
+from btrfs_core import filesystem, ioctl, quota, subvolume, trees
 from btrfs_core.backend import KernelBackend
 from btrfs_core.models import QuotaMode
 from tests.support import eventually
@@ -147,7 +147,7 @@ def superblock_generation(device: str) -> int:
 def orphans(mount: Path) -> list[int]:
     """Ids of subvolumes deleted but not yet dropped by the cleaner."""
     with subvolume.opened(mount) as fd:
-        items = ioctl.tree_search(
+        items = trees.tree_search(
             fd,
             ioctl.ROOT_TREE,
             (ORPHAN_OBJECTID, ORPHAN_ITEM_KEY, 0),

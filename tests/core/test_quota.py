@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from btrfs_core import filesystem, ioctl, quota, subvolume
+from btrfs_core import filesystem, ioctl, quota, subvolume, trees
 from btrfs_core.errors import BtrfsCoreError, InvalidArgument, KernelError, NotFound
 from btrfs_core.models import QgroupUsage, QuotaMode
 
@@ -57,7 +57,7 @@ def test_simple_mode_status_flags_are_on_and_simple(btrfs_mount: Path) -> None:
     quota.enable(btrfs_mount, QuotaMode.SIMPLE)
     with subvolume.opened(btrfs_mount) as fd:
         items = list(
-            ioctl.tree_search(
+            trees.tree_search(
                 fd,
                 ioctl.QUOTA_TREE,
                 (0, ioctl.QGROUP_STATUS_KEY, 0),
@@ -259,7 +259,7 @@ def test_usage_of_one_reads_only_its_own_items(btrfs_mount: Path, monkeypatch: p
         quota.set_limit(btrfs_mount, subvolume.subvolume_id(btrfs_mount / f"s{i}"), MiB)
     ids = sorted(quota.usage_all(btrfs_mount))
     read: list[tuple[int, int]] = []
-    real_items = ioctl.fixed_items
+    real_items = trees.fixed_items
 
     def counting_items(
         fd: int, tree: int, objectid: int, item_type: int, *args: Any
@@ -268,7 +268,7 @@ def test_usage_of_one_reads_only_its_own_items(btrfs_mount: Path, monkeypatch: p
             read.append((item_type, row[0]))
             yield row
 
-    monkeypatch.setattr(ioctl, "fixed_items", counting_items)
+    monkeypatch.setattr(trees, "fixed_items", counting_items)
     for sid in (ids[1], ids[150], ids[-1]):
         read.clear()
         assert quota.usage(btrfs_mount, sid).limit == MiB
@@ -281,7 +281,7 @@ def test_items_of_another_size_than_expected_are_an_error(btrfs_mount: Path) -> 
     subvolume.create(btrfs_mount / "s")
     info_items = (0, ioctl.QGROUP_INFO_KEY, (0, ioctl.U64_MAX))
     with subvolume.opened(btrfs_mount) as fd:
-        rows = list(ioctl.fixed_items(fd, ioctl.QUOTA_TREE, *info_items, struct.Struct("<40x"), "pool"))
+        rows = list(trees.fixed_items(fd, ioctl.QUOTA_TREE, *info_items, struct.Struct("<40x"), "pool"))
         assert len(rows) == 2 and {length for _offset, length in rows} == {40}  # 0/5 and the new one
         with pytest.raises(BtrfsCoreError, match="not 32 bytes"):
-            list(ioctl.fixed_items(fd, ioctl.QUOTA_TREE, *info_items, struct.Struct("<32x"), "pool"))
+            list(trees.fixed_items(fd, ioctl.QUOTA_TREE, *info_items, struct.Struct("<32x"), "pool"))
