@@ -39,6 +39,7 @@ bench: $(STAMP) system-deps
 	$(PY) -m bench.bench_quota
 	$(PY) -m bench.bench_tuning
 	$(PY) -m bench.bench_transfer
+	$(PY) -m bench.bench_peer
 
 stress: $(STAMP) system-deps
 	BTRFS_CSI_STRESS=1 $(VENV)/bin/pytest -q -ra tests/stress

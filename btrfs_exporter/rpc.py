@@ -4,7 +4,7 @@ The csi server's one interceptor reports each call here (`started`, then `finish
 client got); this module knows nothing of gRPC.
 """
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # CSI calls range from microseconds (Probe, GetCapabilities) to seconds (a snapshot on a busy pool).
 DURATION_BUCKETS = (
@@ -47,3 +47,18 @@ class RpcMetrics:
     def finished(self, method: str, code: str, seconds: float) -> None:
         self.in_flight.dec()
         self.duration.labels(method, code).observe(seconds)
+
+
+class TransferMetrics:
+    """Bytes of send streams moved between node plugins; a TransferObserver of the peer service."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.bytes = Counter(
+            "btrfs_csi_peer_transfer_bytes",
+            "Bytes of snapshot send streams moved between node plugins, by direction (sent, received).",
+            labelnames=("direction",),
+            registry=registry,
+        )
+
+    def moved(self, direction: str, nbytes: int) -> None:
+        self.bytes.labels(direction).inc(nbytes)

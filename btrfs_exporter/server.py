@@ -29,18 +29,20 @@ from btrfs_core.pool import Pool
 from btrfs_exporter.collector import PoolCollector
 from btrfs_exporter.exposition import CONTENT_TYPE, render
 from btrfs_exporter.reconciler import DEFAULT_INTERVAL, Reconciler, ReconcilerMetrics
-from btrfs_exporter.rpc import RpcMetrics
+from btrfs_exporter.rpc import RpcMetrics, TransferMetrics
 
 
 @dataclass(frozen=True)
 class Metrics:
-    """A pool's registry and the metric objects the csi server (`rpc`) and the reconciler write to."""
+    """A pool's registry and the metric objects the csi server (`rpc`), the peer service (`transfers`)
+    and the reconciler write to."""
 
     registry: CollectorRegistry
     pool: Pool
     collector: PoolCollector
     rpc: RpcMetrics
     reconciler_metrics: ReconcilerMetrics
+    transfers: TransferMetrics
 
     def reconciler(self, interval: float = DEFAULT_INTERVAL) -> Reconciler:
         return Reconciler(self.pool, self.reconciler_metrics, interval)
@@ -54,7 +56,14 @@ def build_registry(pool: Pool, driver_name: str, index: bool = True) -> Metrics:
     registry = CollectorRegistry()
     collector = PoolCollector(pool, driver_name, index=index)
     registry.register(collector)
-    return Metrics(registry, pool, collector, RpcMetrics(registry), ReconcilerMetrics(registry))
+    return Metrics(
+        registry,
+        pool,
+        collector,
+        RpcMetrics(registry),
+        ReconcilerMetrics(registry),
+        TransferMetrics(registry),
+    )
 
 
 log = logging.getLogger(__name__)

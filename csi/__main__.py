@@ -25,6 +25,7 @@ from csi.controller import ControllerServicer
 from csi.identity import IdentityServicer
 from csi.locks import KeyedTryLock
 from csi.node import NodeServicer
+from csi.peer.observer import TransferObserver
 from csi.peer.server import PeerEndpoint, start_peer_endpoint
 from csi.server import RpcObserver, ServeError, bind_unix_socket, build_server, prepare_socket_path
 
@@ -53,11 +54,12 @@ def start(
     config: Config,
     pool: Pool,
     observer: RpcObserver | None = None,
+    transfers: TransferObserver | None = None,
 ) -> Driver:
     """Builds the servicers over an opened pool and serves them on the configured socket (and the peer
-    service on its address, when configured)."""
+    service on its address, when configured); `transfers` is told of the bytes moved between peers."""
     locks = KeyedTryLock()  # one set for every service: a volume is busy whichever RPC holds it
-    peers = start_peer_endpoint(config, pool, locks) if config.peer_address is not None else None
+    peers = start_peer_endpoint(config, pool, locks, transfers) if config.peer_address is not None else None
     try:
         return _start_csi(config, pool, locks, observer, peers)
     except BaseException:
@@ -73,7 +75,7 @@ def _start_csi(
     # out with NotImplementedError, which the interceptor maps to UNIMPLEMENTED.
     server = build_server(
         IdentityServicer(config, pool),
-        ControllerServicer(config, pool, locks, peers.client if peers else None),  # type: ignore[abstract]
+        ControllerServicer(config, pool, locks, peers),  # type: ignore[abstract]
         NodeServicer(config, pool, locks),  # type: ignore[abstract]
         max_workers=config.max_workers,
         observer=observer,
@@ -102,7 +104,7 @@ def serve(config: Config) -> int:
     # One registry for the RPC interceptor, the scrape-time collector and the reconciler's counters.
     metrics = build_registry(pool, config.driver_name)
     try:
-        driver = start(config, pool, metrics.rpc)
+        driver = start(config, pool, metrics.rpc, metrics.transfers)
     except ServeError as exc:
         print(f"btrfs-csi: refusing to start: {exc}", file=sys.stderr)
         return EXIT_REFUSED

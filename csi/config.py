@@ -63,6 +63,9 @@ class Config:
     peer_address: tuple[str, int] | None = None
     peer_tls_dir: Path | None = None
     peers: Peers | None = None
+    # A transfer from a peer that no CreateVolume asked for this long is cancelled (the provisioner
+    # retries with back-off of up to 5 minutes).
+    transfer_idle_seconds: float = 600.0
     log_format: str = "text"
     log_level: str = "INFO"
     max_workers: int = 16  # gRPC worker threads; the CO serialises per volume, so a few suffice

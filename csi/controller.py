@@ -16,7 +16,8 @@ from csi.elsewhere import NotHeld
 from csi.errors import CsiError
 from csi.locks import KeyedTryLock, snapshot_key, volume_key
 from csi.pb import csi_pb2, csi_pb2_grpc
-from csi.peer.client import PeerClient
+from csi.peer.server import PeerEndpoint
+from csi.peer.transfers import Request
 from csi.responses import condition_message, snapshot_message, volume_message
 
 RPC = csi_pb2.ControllerServiceCapability.RPC
@@ -35,14 +36,29 @@ CAPABILITIES = (
 )
 
 
+# How long a CreateVolume waits for a transfer from a peer before answering ABORTED (the provisioner
+# retries and joins it): most of its deadline, so a small restore answers OK at the first call.
+JOIN_SECONDS = 10.0
+JOIN_MARGIN_SECONDS = 1.0
+
+
+def _join_seconds(context: grpc.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return JOIN_SECONDS
+    return max(0.0, min(JOIN_SECONDS, remaining - JOIN_MARGIN_SECONDS))
+
+
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     def __init__(
-        self, config: Config, pool: Pool, locks: KeyedTryLock, peers: PeerClient | None = None
+        self, config: Config, pool: Pool, locks: KeyedTryLock, peers: PeerEndpoint | None = None
     ) -> None:
         self._config = config
         self._pool = pool
         self._locks = locks
-        self._not_held = NotHeld(config.node_id, peers)  # with peers: forwards to the volume's owner
+        # With peers: creates from a source another node holds, modifies of a volume another node holds.
+        self._not_held = NotHeld(config.node_id, peers.client if peers else None)
+        self._remote = peers.remote if peers else None
 
     def _volume_message(self, volume: Volume, context: bool = False) -> csi_pb2.Volume:
         return volume_message(volume, self._config.topology, context)
@@ -70,8 +86,14 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         volume_id = Pool.volume_id(name)
         metadata = v.volume_metadata(parameters)
         with self._locks.hold(volume_key(volume_id)):
-            # The core decides the capacity from the range and judges an existing volume by it.
-            volume = self._pool.create_volume(name, required, source, metadata, limit=limit, tuning=tuning)
+            if source is not None and self._remote is not None and self._remote.needed(volume_id, source):
+                wanted = Request(name, required, source, metadata, limit, tuning)
+                volume = self._remote.create(volume_id, wanted, wait=_join_seconds(context))
+            else:
+                # The core decides the capacity from the range and judges an existing volume by it.
+                volume = self._pool.create_volume(
+                    name, required, source, metadata, limit=limit, tuning=tuning
+                )
         return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume))
 
     def DeleteVolume(

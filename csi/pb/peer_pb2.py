@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npeer.proto\x12\x10\x62trfscsi.peer.v1\"C\n\tObjectRef\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.btrfscsi.peer.v1.ObjectKind\x12\n\n\x02id\x18\x02 \x01(\t\"=\n\rLocateRequest\x12,\n\x07objects\x18\x01 \x03(\x0b\x32\x1b.btrfscsi.peer.v1.ObjectRef\"M\n\nHeldObject\x12+\n\x06object\x18\x01 \x01(\x0b\x32\x1b.btrfscsi.peer.v1.ObjectRef\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"<\n\x0eLocateResponse\x12*\n\x04held\x18\x01 \x03(\x0b\x32\x1c.btrfscsi.peer.v1.HeldObject\"\xbc\x01\n\x13ModifyVolumeRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12X\n\x12mutable_parameters\x18\x02 \x03(\x0b\x32<.btrfscsi.peer.v1.ModifyVolumeRequest.MutableParametersEntry\x1a\x38\n\x16MutableParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x16\n\x14ModifyVolumeResponse*C\n\nObjectKind\x12\x1b\n\x17OBJECT_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01\x12\n\n\x06VOLUME\x10\x02\x32\xb2\x01\n\x04Peer\x12K\n\x06Locate\x12\x1f.btrfscsi.peer.v1.LocateRequest\x1a .btrfscsi.peer.v1.LocateResponse\x12]\n\x0cModifyVolume\x12%.btrfscsi.peer.v1.ModifyVolumeRequest\x1a&.btrfscsi.peer.v1.ModifyVolumeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npeer.proto\x12\x10\x62trfscsi.peer.v1\"C\n\tObjectRef\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.btrfscsi.peer.v1.ObjectKind\x12\n\n\x02id\x18\x02 \x01(\t\"=\n\rLocateRequest\x12,\n\x07objects\x18\x01 \x03(\x0b\x32\x1b.btrfscsi.peer.v1.ObjectRef\"M\n\nHeldObject\x12+\n\x06object\x18\x01 \x01(\x0b\x32\x1b.btrfscsi.peer.v1.ObjectRef\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"<\n\x0eLocateResponse\x12*\n\x04held\x18\x01 \x03(\x0b\x32\x1c.btrfscsi.peer.v1.HeldObject\":\n\x0bSendRequest\x12+\n\x06object\x18\x01 \x01(\x0b\x32\x1b.btrfscsi.peer.v1.ObjectRef\"\x19\n\tSendChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xbc\x01\n\x13ModifyVolumeRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12X\n\x12mutable_parameters\x18\x02 \x03(\x0b\x32<.btrfscsi.peer.v1.ModifyVolumeRequest.MutableParametersEntry\x1a\x38\n\x16MutableParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x16\n\x14ModifyVolumeResponse*C\n\nObjectKind\x12\x1b\n\x17OBJECT_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01\x12\n\n\x06VOLUME\x10\x02\x32\xf8\x01\n\x04Peer\x12K\n\x06Locate\x12\x1f.btrfscsi.peer.v1.LocateRequest\x1a .btrfscsi.peer.v1.LocateResponse\x12\x44\n\x04Send\x12\x1d.btrfscsi.peer.v1.SendRequest\x1a\x1b.btrfscsi.peer.v1.SendChunk0\x01\x12]\n\x0cModifyVolume\x12%.btrfscsi.peer.v1.ModifyVolumeRequest\x1a&.btrfscsi.peer.v1.ModifyVolumeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODIFYVOLUMEREQUEST_MUTABLEPARAMETERSENTRY']._loaded_options = None
   _globals['_MODIFYVOLUMEREQUEST_MUTABLEPARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_OBJECTKIND']._serialized_start=520
-  _globals['_OBJECTKIND']._serialized_end=587
+  _globals['_OBJECTKIND']._serialized_start=607
+  _globals['_OBJECTKIND']._serialized_end=674
   _globals['_OBJECTREF']._serialized_start=32
   _globals['_OBJECTREF']._serialized_end=99
   _globals['_LOCATEREQUEST']._serialized_start=101
@@ -43,12 +43,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELDOBJECT']._serialized_end=241
   _globals['_LOCATERESPONSE']._serialized_start=243
   _globals['_LOCATERESPONSE']._serialized_end=303
-  _globals['_MODIFYVOLUMEREQUEST']._serialized_start=306
-  _globals['_MODIFYVOLUMEREQUEST']._serialized_end=494
-  _globals['_MODIFYVOLUMEREQUEST_MUTABLEPARAMETERSENTRY']._serialized_start=438
-  _globals['_MODIFYVOLUMEREQUEST_MUTABLEPARAMETERSENTRY']._serialized_end=494
-  _globals['_MODIFYVOLUMERESPONSE']._serialized_start=496
-  _globals['_MODIFYVOLUMERESPONSE']._serialized_end=518
-  _globals['_PEER']._serialized_start=590
-  _globals['_PEER']._serialized_end=768
+  _globals['_SENDREQUEST']._serialized_start=305
+  _globals['_SENDREQUEST']._serialized_end=363
+  _globals['_SENDCHUNK']._serialized_start=365
+  _globals['_SENDCHUNK']._serialized_end=390
+  _globals['_MODIFYVOLUMEREQUEST']._serialized_start=393
+  _globals['_MODIFYVOLUMEREQUEST']._serialized_end=581
+  _globals['_MODIFYVOLUMEREQUEST_MUTABLEPARAMETERSENTRY']._serialized_start=525
+  _globals['_MODIFYVOLUMEREQUEST_MUTABLEPARAMETERSENTRY']._serialized_end=581
+  _globals['_MODIFYVOLUMERESPONSE']._serialized_start=583
+  _globals['_MODIFYVOLUMERESPONSE']._serialized_end=605
+  _globals['_PEER']._serialized_start=677
+  _globals['_PEER']._serialized_end=925
 # @@protoc_insertion_point(module_scope)

@@ -5,8 +5,9 @@ The peer service between the node plugins of one btrfs-csi installation (package
 
 Served on --peer-address behind mutual TLS: only a client whose certificate the installation's CA
 signed, naming a known node as its common name, gets an answer. Narrow on purpose: a peer can ask what
-this node holds, by ID, never by path, and hand over a ControllerModifyVolume for a volume this node
-holds. Nothing else writes, and nothing deletes, anything the node that answers holds.
+this node holds and read a send stream of a read-only snapshot (or of a volume, through a temporary
+read-only snapshot), always by ID, never by path, and hand over a ControllerModifyVolume for a volume
+this node holds. Nothing else writes, and nothing deletes, anything the node that answers holds.
 Regenerate the Python stubs in csi/pb with tools/gen-proto.
 """
 
@@ -130,6 +131,45 @@ class LocateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LocateResponse: _TypeAlias = LocateResponse  # noqa: Y015
+
+@_typing.final
+class SendRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object(self) -> Global___ObjectRef: ...
+    def __init__(
+        self,
+        *,
+        object: Global___ObjectRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendRequest: _TypeAlias = SendRequest  # noqa: Y015
+
+@_typing.final
+class SendChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendChunk: _TypeAlias = SendChunk  # noqa: Y015
 
 @_typing.final
 class ModifyVolumeRequest(_message.Message):

@@ -39,6 +39,11 @@ class PeerStub:
                 request_serializer=peer__pb2.LocateRequest.SerializeToString,
                 response_deserializer=peer__pb2.LocateResponse.FromString,
                 _registered_method=True)
+        self.Send = channel.unary_stream(
+                '/btrfscsi.peer.v1.Peer/Send',
+                request_serializer=peer__pb2.SendRequest.SerializeToString,
+                response_deserializer=peer__pb2.SendChunk.FromString,
+                _registered_method=True)
         self.ModifyVolume = channel.unary_unary(
                 '/btrfscsi.peer.v1.Peer/ModifyVolume',
                 request_serializer=peer__pb2.ModifyVolumeRequest.SerializeToString,
@@ -52,6 +57,14 @@ class PeerServicer:
     def Locate(self, request, context):
         """Which of the named objects this node holds, with their sizes (the receiver checks its capacity
         against them before any byte moves). Objects it does not hold are left out of the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Send(self, request, context):
+        """A btrfs send stream of one object: a read-only snapshot as it is, a volume through a temporary
+        read-only snapshot removed afterwards. Chunks in order; the stream ends when the send does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +85,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Locate,
                     request_deserializer=peer__pb2.LocateRequest.FromString,
                     response_serializer=peer__pb2.LocateResponse.SerializeToString,
+            ),
+            'Send': grpc.unary_stream_rpc_method_handler(
+                    servicer.Send,
+                    request_deserializer=peer__pb2.SendRequest.FromString,
+                    response_serializer=peer__pb2.SendChunk.SerializeToString,
             ),
             'ModifyVolume': grpc.unary_unary_rpc_method_handler(
                     servicer.ModifyVolume,
@@ -106,6 +124,33 @@ class Peer:
             '/btrfscsi.peer.v1.Peer/Locate',
             peer__pb2.LocateRequest.SerializeToString,
             peer__pb2.LocateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Send(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/btrfscsi.peer.v1.Peer/Send',
+            peer__pb2.SendRequest.SerializeToString,
+            peer__pb2.SendChunk.FromString,
             options,
             channel_credentials,
             insecure,

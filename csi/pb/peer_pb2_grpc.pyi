@@ -5,8 +5,9 @@ The peer service between the node plugins of one btrfs-csi installation (package
 
 Served on --peer-address behind mutual TLS: only a client whose certificate the installation's CA
 signed, naming a known node as its common name, gets an answer. Narrow on purpose: a peer can ask what
-this node holds, by ID, never by path, and hand over a ControllerModifyVolume for a volume this node
-holds. Nothing else writes, and nothing deletes, anything the node that answers holds.
+this node holds and read a send stream of a read-only snapshot (or of a volume, through a temporary
+read-only snapshot), always by ID, never by path, and hand over a ControllerModifyVolume for a volume
+this node holds. Nothing else writes, and nothing deletes, anything the node that answers holds.
 Regenerate the Python stubs in csi/pb with tools/gen-proto.
 """
 
@@ -42,6 +43,10 @@ class PeerStub:
     """Which of the named objects this node holds, with their sizes (the receiver checks its capacity
     against them before any byte moves). Objects it does not hold are left out of the answer.
     """
+    Send: _grpc.UnaryStreamMultiCallable[_peer_pb2.SendRequest, _peer_pb2.SendChunk]
+    """A btrfs send stream of one object: a read-only snapshot as it is, a volume through a temporary
+    read-only snapshot removed afterwards. Chunks in order; the stream ends when the send does.
+    """
     ModifyVolume: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ModifyVolumeRequest, _peer_pb2.ModifyVolumeResponse]
     """A ControllerModifyVolume that reached a node which does not hold the volume, applied here exactly
     as if it had come through this node's CSI socket (same validation; never forwarded again).
@@ -53,6 +58,10 @@ class PeerAsyncStub(PeerStub):
     Locate: _aio.UnaryUnaryMultiCallable[_peer_pb2.LocateRequest, _peer_pb2.LocateResponse]  # type: ignore[assignment]
     """Which of the named objects this node holds, with their sizes (the receiver checks its capacity
     against them before any byte moves). Objects it does not hold are left out of the answer.
+    """
+    Send: _aio.UnaryStreamMultiCallable[_peer_pb2.SendRequest, _peer_pb2.SendChunk]  # type: ignore[assignment]
+    """A btrfs send stream of one object: a read-only snapshot as it is, a volume through a temporary
+    read-only snapshot removed afterwards. Chunks in order; the stream ends when the send does.
     """
     ModifyVolume: _aio.UnaryUnaryMultiCallable[_peer_pb2.ModifyVolumeRequest, _peer_pb2.ModifyVolumeResponse]  # type: ignore[assignment]
     """A ControllerModifyVolume that reached a node which does not hold the volume, applied here exactly
@@ -68,6 +77,16 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_peer_pb2.LocateResponse, _abc.Awaitable[_peer_pb2.LocateResponse]]:
         """Which of the named objects this node holds, with their sizes (the receiver checks its capacity
         against them before any byte moves). Objects it does not hold are left out of the answer.
+        """
+
+    @_abc_1.abstractmethod
+    def Send(
+        self,
+        request: _peer_pb2.SendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.SendChunk], _abc.AsyncIterator[_peer_pb2.SendChunk]]:
+        """A btrfs send stream of one object: a read-only snapshot as it is, a volume through a temporary
+        read-only snapshot removed afterwards. Chunks in order; the stream ends when the send does.
         """
 
     @_abc_1.abstractmethod

@@ -8,6 +8,7 @@ from concurrent import futures
 
 import grpc
 
+from btrfs_core.errors import NotFound
 from btrfs_core.models import Source
 from csi.errors import CsiError, unavailable
 from csi.pb import peer_pb2, peer_pb2_grpc
@@ -73,6 +74,13 @@ class PeerClient:
             )
             return None
         return response.held[0].size_bytes if response.held else None
+
+    def send(self, node: str, source: Source) -> "grpc.CallIterator[peer_pb2.SendChunk]":
+        """The send stream of `source` from `node` (cancel() on the returned call ends it)."""
+        address = self._directory.addresses().get(node)
+        if address is None:
+            raise NotFound(f"node {node} is no longer a peer")
+        return self._stub(node, address).Send(peer_pb2.SendRequest(object=object_ref(source)))
 
     def modify(self, node: str, volume_id: str, mutable_parameters: Mapping[str, str]) -> None:
         """A ControllerModifyVolume applied on `node`; its refusal is raised with the code it had there."""

@@ -10,17 +10,20 @@ from csi.config import Config
 from csi.locks import KeyedTryLock
 from csi.peer.client import PeerClient
 from csi.peer.directory import PeerDirectory, PeerSetupError, StaticPeers, host_port, kubernetes_peers
+from csi.peer.observer import TransferObserver, Unobserved
 from csi.peer.service import PeerServicer
 from csi.peer.tls import TlsError, TlsMaterial
+from csi.peer.transfers import RemoteCreates
 from csi.server import ServeError, build_peer_server
 
-PEER_WORKERS = 8  # peers ask rarely
+PEER_WORKERS = 8  # peers ask rarely; a send holds one worker for its whole stream
 
 
 @dataclass
 class PeerEndpoint:
     server: grpc.Server
     client: PeerClient
+    remote: RemoteCreates  # the CreateVolume calls whose source another node holds
     port: int  # the bound port (the configured one, or the one the kernel chose for port 0)
 
     def stop(self, grace: float) -> None:
@@ -35,7 +38,9 @@ def peer_directory(config: Config) -> PeerDirectory:
     return StaticPeers(dict(config.peers.static))
 
 
-def start_peer_endpoint(config: Config, pool: Pool, locks: KeyedTryLock) -> PeerEndpoint:
+def start_peer_endpoint(
+    config: Config, pool: Pool, locks: KeyedTryLock, observer: TransferObserver | None = None
+) -> PeerEndpoint:
     """Serves the peer service on config.peer_address (ServeError, one line, when it cannot)."""
     assert config.peer_address is not None and config.peer_tls_dir is not None
     try:
@@ -43,7 +48,8 @@ def start_peer_endpoint(config: Config, pool: Pool, locks: KeyedTryLock) -> Peer
         directory = peer_directory(config)
     except (TlsError, PeerSetupError) as exc:
         raise ServeError(str(exc)) from None
-    server = build_peer_server(PeerServicer(pool, directory, locks), max_workers=PEER_WORKERS)
+    observer = observer or Unobserved()
+    server = build_peer_server(PeerServicer(pool, directory, locks, observer), max_workers=PEER_WORKERS)
     address = host_port(*config.peer_address)
     try:
         port = server.add_secure_port(address, tls.server_credentials())
@@ -54,4 +60,6 @@ def start_peer_endpoint(config: Config, pool: Pool, locks: KeyedTryLock) -> Peer
     if port == 0:
         raise ServeError(f"--peer-address {address}: cannot listen ({detail})")
     server.start()
-    return PeerEndpoint(server, PeerClient(config.node_id, directory, tls), port)
+    client = PeerClient(config.node_id, directory, tls)
+    remote = RemoteCreates(pool, client, observer, config.transfer_idle_seconds)
+    return PeerEndpoint(server, client, remote, port)

@@ -2,11 +2,17 @@
 
 Every call first checks who is asking: grpc has verified the client certificate against the
 installation's CA at the handshake; here its common name must be a node the peer directory knows.
-Objects are named by kind and ID, validated like IDs in CSI requests before they become a path. The one
-call that changes anything is a ControllerModifyVolume handed over by the node it reached.
+Objects are named by kind and ID, validated like IDs in CSI requests before they become a path; nothing
+here writes or deletes anything this node holds (a volume is sent through a temporary read-only snapshot,
+which the core makes in staging and removes).
 """
 
+import contextlib
+import fcntl
 import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -14,15 +20,17 @@ from btrfs_core.errors import NotFound
 from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import Pool
 from csi import validation as v
-from csi.errors import CsiError, invalid
+from csi.errors import CsiError, invalid, status_for
 from csi.locks import KeyedTryLock, volume_key
 from csi.pb import peer_pb2, peer_pb2_grpc
 from csi.peer.directory import PeerDirectory
+from csi.peer.observer import SENT, TransferObserver, Unobserved
 from csi.peer.tls import peer_node
 
 log = logging.getLogger("csi.peer")
 
 MAX_LOCATE_OBJECTS = 64  # a CreateVolume asks for one source; a bound keeps one call cheap
+CHUNK_BYTES = 1 << 20  # per gRPC message: few messages per GiB, well below the 4 MiB message limit
 
 
 def object_source(ref: peer_pb2.ObjectRef, field: str) -> Source:
@@ -40,10 +48,17 @@ def object_ref(source: Source) -> peer_pb2.ObjectRef:
 
 
 class PeerServicer(peer_pb2_grpc.PeerServicer):
-    def __init__(self, pool: Pool, directory: PeerDirectory, locks: KeyedTryLock) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        directory: PeerDirectory,
+        locks: KeyedTryLock,
+        observer: TransferObserver | None = None,
+    ) -> None:
         self._pool = pool
         self._directory = directory
         self._locks = locks  # the CSI servicers' own: a volume is busy whichever call holds it
+        self._observer = observer or Unobserved()
 
     def _authorize(self, context: grpc.ServicerContext) -> str:
         node = peer_node(context)
@@ -85,3 +100,67 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         with self._locks.hold(volume_key(volume_id)):
             self._pool.modify_volume(volume_id, compression)  # NotFound: not here either
         return peer_pb2.ModifyVolumeResponse()
+
+    def Send(
+        self, request: peer_pb2.SendRequest, context: grpc.ServicerContext
+    ) -> Iterator[peer_pb2.SendChunk]:
+        # A stream: the server's interceptor maps errors of unary calls only, so this one maps its own.
+        try:
+            node = self._authorize(context)
+            source = object_source(request.object, "object")
+        except CsiError as exc:
+            context.abort(exc.code, exc.message)
+        transfers = self._pool.transfers
+        send = transfers.send_snapshot if source.kind is SourceKind.SNAPSHOT else transfers.send_volume
+        log.info("sending", extra={"fields": {"peer": node, source.kind.value: source.id}})
+        sent = 0
+        try:
+            for chunk in _streamed(lambda fd: send(source.id, fd)):
+                sent += len(chunk)
+                self._observer.moved(SENT, len(chunk))
+                yield peer_pb2.SendChunk(data=chunk)
+        except Exception as exc:
+            mapped = status_for(exc)
+            code, message = mapped or (
+                grpc.StatusCode.INTERNAL,
+                f"internal error: {type(exc).__name__}: {exc}",
+            )
+            log.warning(
+                "send failed",
+                extra={
+                    "fields": {"peer": node, source.kind.value: source.id, "bytes": sent, "error": message}
+                },
+                exc_info=exc if mapped is None else None,
+            )
+            context.abort(code, message)
+        log.info("sent", extra={"fields": {"peer": node, source.kind.value: source.id, "bytes": sent}})
+
+
+def _streamed(send: Callable[[int], int]) -> Iterator[bytes]:
+    """The bytes `send` writes into a file descriptor, as chunks: it runs on a thread of its own writing
+    into a pipe. When the reader stops early (the peer went away: grpc closes this generator), the pipe's
+    reading end closes and the sender's next write fails with EPIPE, which ends the send. The sender's
+    exception is raised here once the pipe is drained."""
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            send(write_fd)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            os.close(write_fd)
+
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default pipe, smaller chunks
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, CHUNK_BYTES)
+    sender = threading.Thread(target=run, name="peer-send", daemon=True)
+    sender.start()
+    try:
+        while chunk := os.read(read_fd, CHUNK_BYTES):
+            yield chunk
+    finally:
+        os.close(read_fd)
+        sender.join()
+    if failure:
+        raise failure[0]

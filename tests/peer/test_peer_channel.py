@@ -85,6 +85,10 @@ def test_a_certificate_from_another_ca_is_refused_at_the_handshake(
     with channel_to("node-a", port, impostor) as channel, pytest.raises(grpc.RpcError) as refused:
         stub(channel).Locate(locate(snapshot_ref("snap-1")), timeout=10)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    send = peer_pb2.SendRequest(object=snapshot_ref("snap-1"))
+    with channel_to("node-a", port, impostor) as channel, pytest.raises(grpc.RpcError) as refused:
+        list(stub(channel).Send(send, timeout=10))
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     # The same call with the installation's certificate is answered: the refusal was the certificate.
     with channel_to("node-a", port, installation.tls_dirs["node-b"]) as channel:
         assert not stub(channel).Locate(locate(snapshot_ref("snap-1")), timeout=10).held
@@ -113,6 +117,10 @@ def test_a_signed_certificate_of_no_known_node_is_denied(
         stub(channel).Locate(locate(snapshot_ref("snap-1")), timeout=10)
     assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "node-z" in (refused.value.details() or "")
+    send = peer_pb2.SendRequest(object=snapshot_ref("snap-1"))
+    with channel_to("node-a", port, stranger) as channel, pytest.raises(grpc.RpcError) as refused:
+        list(stub(channel).Send(send, timeout=10))
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_the_client_refuses_a_server_that_is_not_the_node_it_dialled(
