@@ -42,8 +42,9 @@ class PeerClient:
         return peer_pb2_grpc.PeerStub(channel)
 
     def locate(self, source: Source) -> tuple[str, int] | None:
-        """A node other than this one that holds `source`, and the source's size; None when none does
-        (or none that answers)."""
+        """A node other than this one that holds `source`, and the source's size; None when every other
+        node answered that it does not. When none holds it but some did not answer, UNAVAILABLE: the
+        source may be on one of those (the caller retries), which is not NOT_FOUND."""
         others = sorted(
             (node, address) for node, address in self._directory.addresses().items() if node != self._node_id
         )
@@ -51,13 +52,20 @@ class PeerClient:
             return None
         request = peer_pb2.LocateRequest(objects=[object_ref(source)])
         with futures.ThreadPoolExecutor(min(LOCATE_PARALLELISM, len(others))) as pool:
-            answers = pool.map(lambda peer: self._ask(peer[0], peer[1], request), others)
-            for (node, _), held in zip(others, answers, strict=True):
-                if held is not None:
-                    return node, held
+            answers = list(pool.map(lambda peer: self._ask(peer[0], peer[1], request), others))
+        for (node, _), (_, held) in zip(others, answers, strict=True):
+            if held is not None:
+                return node, held
+        silent = [node for (node, _), (answered, _) in zip(others, answers, strict=True) if not answered]
+        if silent:
+            raise unavailable(
+                f"{source.kind.value} {source.id} is on no peer that answered;"
+                f" {', '.join(silent)} did not: retry"
+            )
         return None
 
-    def _ask(self, node: str, address: str, request: peer_pb2.LocateRequest) -> int | None:
+    def _ask(self, node: str, address: str, request: peer_pb2.LocateRequest) -> tuple[bool, int | None]:
+        """(whether `node` answered, the size of what it holds or None)."""
         try:
             response = self._stub(node, address).Locate(request, timeout=LOCATE_TIMEOUT_SECONDS)
         except grpc.RpcError as exc:
@@ -72,8 +80,8 @@ class PeerClient:
                     }
                 },
             )
-            return None
-        return response.held[0].size_bytes if response.held else None
+            return False, None
+        return True, response.held[0].size_bytes if response.held else None
 
     def send(self, node: str, source: Source) -> "grpc.CallIterator[peer_pb2.SendChunk]":
         """The send stream of `source` from `node` (cancel() on the returned call ends it)."""

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from btrfs_core.models import Source, SourceKind
+from csi.errors import CsiError
 from csi.pb import peer_pb2
 from csi.peer.client import PeerClient
 from csi.peer.directory import StaticPeers
@@ -132,15 +133,20 @@ def test_the_client_refuses_a_server_that_is_not_the_node_it_dialled(
     wrong = StaticPeers({"node-b": f"127.0.0.1:{installation.ports['node-a']}"})
     client = PeerClient("node-c", wrong, TlsMaterial.load(installation.tls_dirs["node-b"]))
     try:
-        with caplog.at_level(logging.WARNING, logger="csi.peer"):
-            assert client.locate(Source(SourceKind.SNAPSHOT, "snap-1")) is None
+        with caplog.at_level(logging.WARNING, logger="csi.peer"), pytest.raises(CsiError) as unanswered:
+            client.locate(Source(SourceKind.SNAPSHOT, "snap-1"))
     finally:
         client.close()
+    # No answer from the only peer: the source may be there, so UNAVAILABLE (retried), not NOT_FOUND.
+    assert (
+        unanswered.value.code is grpc.StatusCode.UNAVAILABLE and "node-b did not" in unanswered.value.message
+    )
     assert any(getattr(r, "fields", {}).get("code") == "UNAVAILABLE" for r in caplog.records)
 
 
 def test_a_node_does_not_ask_itself(start_node: StartNode) -> None:
     a = start_node("node-a")
+    start_node("node-b")  # answers that it does not hold it
     snapshot = a.pool.create_snapshot("snap-1", a.pool.create_volume("pvc-1", 32 * MiB).id)
     assert a.peers is not None
     assert a.peers.client.locate(Source(SourceKind.SNAPSHOT, snapshot.id)) is None

@@ -28,7 +28,7 @@ from tests.core.tree_fingerprint import MiB, fingerprint, populate
 from tests.csi.conftest import Client, mount_capability
 from tests.peer.conftest import NODES, channel_to, stub
 from tests.pki import TestCA
-from tests.stress.harness import ServedDriver, retry_until_ok
+from tests.stress.harness import RETRYABLE, ServedDriver, retry_until_ok
 from tests.support import loop_pool
 
 pytestmark = pytest.mark.kernel
@@ -206,14 +206,24 @@ def test_a_peer_asking_for_a_path_or_a_writable_subvolume_is_refused(nodes: dict
     assert a.staging() == []
 
 
-def start_restore(node: Node, request: csi_pb2.CreateVolumeRequest) -> None:
-    """One CreateVolume that starts the transfer: it answers ABORTED (or runs out of time) meanwhile."""
-    try:
-        node.client().controller.CreateVolume(request, timeout=2)
-    except grpc.RpcError as exc:
-        assert exc.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED), exc.details()
-    else:
-        raise AssertionError("the restore was done at once: nothing to kill mid-transfer")
+def start_restore(
+    controller: csi_pb2_grpc.ControllerStub, request: csi_pb2.CreateVolumeRequest, staging: Path
+) -> None:
+    """CreateVolume, retried as the provisioner does, until the receiving node has its transfer in
+    staging (the call itself waits for the transfer a while, then answers ABORTED)."""
+    deadline = time.monotonic() + 120
+    call = controller.CreateVolume.future(request, timeout=60)
+    while not os.listdir(staging):
+        assert time.monotonic() < deadline, "no transfer in staging within 120 s"
+        if call.done():
+            try:
+                call.result()
+            except grpc.RpcError as exc:
+                assert exc.code() in RETRYABLE, f"{exc.code().name}: {exc.details()}"
+            else:
+                raise AssertionError("the restore was done before it was seen: nothing to kill mid-transfer")
+            call = controller.CreateVolume.future(request, timeout=60)
+        time.sleep(0.01)
 
 
 def delete_volumes(node: Node, *volume_ids: str) -> None:
@@ -248,8 +258,7 @@ def test_sigkill_mid_transfer_then_restart_and_retry(
     a, b = nodes["node-a"], nodes["node-b"]
     name = f"after-{killed}-kill"
     request = create_request(name, 340 * MiB, from_snapshot(big_snapshot))
-    start_restore(b, request)
-    wait_for(lambda: b.staging() != [], "node-b receiving into staging")
+    start_restore(b.client().controller, request, b.pool / ".staging")
     victim = b if killed == "receiver" else a
     # Stopped first, then checked: the transfer cannot finish between the check and the kill.
     assert victim.driver.process is not None
@@ -302,10 +311,7 @@ def test_a_transfer_nobody_asks_for_is_cancelled_and_cleaned(
     request = create_request("abandoned", 340 * MiB, from_snapshot(big_snapshot))
     assert a.driver.process is not None
     try:
-        with pytest.raises(grpc.RpcError) as running:
-            controller.CreateVolume(request, timeout=2)
-        assert running.value.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED)
-        wait_for(lambda: os.listdir(pool.staging_dir) != [], "receiving into staging")
+        start_restore(controller, request, pool.staging_dir)
         a.driver.process.send_signal(signal.SIGSTOP)
         try:
             assert not (pool.volumes_dir / "abandoned").exists()
