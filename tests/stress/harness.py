@@ -23,6 +23,8 @@ import grpc
 
 from btrfs_core import quota
 from btrfs_core.backend import KernelBackend
+from btrfs_core.errors import KernelError
+from btrfs_core.models import QuotaMode
 from csi.pb import csi_pb2, csi_pb2_grpc
 from tests.core.oracle import qgroup_show, settle, subvolume_list
 from tests.csi.conftest import Client
@@ -281,6 +283,14 @@ def check_consistent(client: Client, mount: Path, page: int = 7) -> PoolState:
         meta = json.loads(os.getxattr(mount / "volumes" / vid, KernelBackend.metadata_xattr))
         assert groups[meta["qgroup"]].max_referenced == volume.capacity_bytes, vid
     status = quota.status(mount)
+    if status.inconsistent and status.mode is QuotaMode.FULL:
+        # The cleaner dropping a deleted subvolume removes its qgroup from the volume's level-1 one, and
+        # that can mark full accounting inconsistent after every call has answered (6.18 warns in
+        # __qgroup_excl_accounting): what the reconciler's rescan is for. Run it as the reconciler does.
+        with contextlib.suppress(KernelError):  # EINPROGRESS: one runs already
+            quota.rescan(mount)
+        quota.wait_rescan(mount)
+        status = quota.status(mount)
     assert not status.inconsistent
     stale = {qid: q.referenced for qid, q in qgroups.items() if qid >= 256 and qid not in subvolumes}
     if stale and status.mode.value == "full":
