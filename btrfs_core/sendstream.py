@@ -128,8 +128,8 @@ def _write_all(fd: int, data: bytes) -> None:
 # The receive side.
 #
 # `btrfs receive` (btrfs-progs) as a subprocess, not a parser of our own. Measured by
-# bench/bench_transfer.py (1 GiB snapshot, to disk): this whole path runs at 0.88x a local `btrfs send |
-# btrfs receive` pipe, and a Python loop doing nothing but the stream's writes at 1.02x: the work is
+# bench/bench_transfer.py (1 GiB snapshot, to disk): this whole path runs at 0.93x a local `btrfs send |
+# btrfs receive` pipe, and a Python loop doing nothing but the stream's writes at 0.99x: the work is
 # disk-bound, so a parser of our own would gain no speed, only the whole format to get right (22 commands
 # in version 1, more in 2 and 3, clones that find their source by UUID, paths that must not leave the
 # destination), which btrfs-progs, the kernel developers' reference receiver, has had right for years.
