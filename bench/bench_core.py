@@ -95,7 +95,7 @@ def run() -> list[Row]:
     rows: list[Row] = []
     with loop_pool(prefix="btrfs-csi-bench-") as mount:
         pool = Pool.open(mount)  # quotas as the driver runs them: simple where the kernel has them
-        mode = pool.quota_status().mode.value
+        mode = pool.stats.quota_status().mode.value
         print(f"pool: 1 GiB btrfs on a loop device, {mode} quotas", flush=True)
         fleet = mount / "fleet"
         fleet.mkdir()

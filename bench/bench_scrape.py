@@ -12,7 +12,7 @@ median of `--repeat` runs of:
 - generate_latest: the same through prometheus_client's own text exposition, for comparison;
 - cold: the first scrape of a new collector (its index empty: every object read once);
 - unindexed: a scrape listing the pool through Pool.list_volumes()/list_snapshots() every time;
-- the parts: `Pool.usage_all()` (one TREE_SEARCH), the listing alone (Pool.list_volumes() and
+- the parts: `Pool.stats.usage_all()` (one TREE_SEARCH), the listing alone (Pool.list_volumes() and
   list_snapshots()), the text exposition alone (render of already collected families);
 - the library's writer on the same collected families: `generate_latest` of the row families as they
   are (through their `.samples`), and of the same samples as the library's own GaugeMetricFamily (what
@@ -100,7 +100,7 @@ def measure(pool: Pool, repeat: int) -> dict[str, float]:
         "generate_latest": median_ms(lambda: generate_latest(indexed.registry), few),
         "cold": cold,
         "unindexed": median_ms(lambda: render(unindexed.registry), few),
-        "usage_all": median_ms(pool.usage_all, repeat),
+        "usage_all": median_ms(pool.stats.usage_all, repeat),
         "list": median_ms(lambda: (pool.list_volumes(), pool.list_snapshots()), few),
         "exposition": median_ms(lambda: render(frozen), repeat),
         "exposition_library": median_ms(lambda: generate_latest(frozen), few),

@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +23,9 @@ class Backend(Protocol):
     def write_xattr(self, path: Path, name: str, value: bytes) -> None: ...
     def remove_xattr(self, path: Path, name: str) -> None: ...  # absent is fine
     def list_dir(self, path: Path) -> list[str]: ...
+    def exists(self, path: Path) -> bool: ...  # anything at path, a dangling symlink too
+    def make_directory(self, path: Path) -> None: ...  # mode 0700; one that exists is fine
+    def remove_entry(self, path: Path) -> None: ...  # a file, symlink or plain directory tree
     def published_targets(self, path: Path) -> list[str]: ...  # where path is bind-mounted
     # qgroup: the level-1 qgroup the new subvolume's qgroup joins in the same transaction.
     def create_subvolume(self, path: Path, qgroup: int | None = None) -> None: ...
@@ -63,9 +67,6 @@ class PlainFiles:
 
     root: Path
 
-    def read_only(self) -> bool:
-        return filesystem.read_only(self.root)
-
     def read_xattr(self, path: Path, name: str) -> bytes | None:
         return filesystem.read_xattr(path, name)
 
@@ -77,6 +78,15 @@ class PlainFiles:
 
     def list_dir(self, path: Path) -> list[str]:
         return filesystem.list_dir(path)
+
+    def exists(self, path: Path) -> bool:
+        return os.path.lexists(path)
+
+    def make_directory(self, path: Path) -> None:
+        filesystem.make_directory(path)
+
+    def remove_entry(self, path: Path) -> None:
+        filesystem.remove_entry(path)
 
     def published_targets(self, path: Path) -> list[str]:
         return mounts.published_targets(path)
@@ -92,6 +102,9 @@ class KernelBackend(PlainFiles):
 
     def check(self) -> str | None:
         return filesystem.check_btrfs_mount(self.root)
+
+    def read_only(self) -> bool:
+        return filesystem.read_only(self.root)
 
     def create_subvolume(self, path: Path, qgroup: int | None = None) -> None:
         subvolume.create(path, qgroup)

@@ -36,6 +36,7 @@ class FakeBackend(PlainFiles):
         self.size = size
         self.mode = QuotaMode.OFF
         self.inconsistent = False
+        self.readonly = False  # as if the filesystem were remounted read-only
         self.syncs = 0
         self._next_id = 256
         self._info: dict[int, SubvolumeInfo] = {}
@@ -45,6 +46,9 @@ class FakeBackend(PlainFiles):
 
     def check(self) -> str | None:
         return None if self.root.is_dir() else f"{self.root} is not a directory"
+
+    def read_only(self) -> bool:
+        return self.readonly
 
     def _register(
         self, path: Path, parent_uuid: uuid.UUID | None, readonly: bool, qgroup: int | None

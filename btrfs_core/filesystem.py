@@ -5,6 +5,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from btrfs_core import ioctl, mounts
@@ -86,6 +87,24 @@ def list_dir(path: Path) -> list[str]:
         return os.listdir(path)
     except OSError as exc:
         raise error_from_os("list", str(path), exc) from None
+
+
+def make_directory(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise error_from_os("make directory", str(path), exc) from None
+
+
+def remove_entry(path: Path) -> None:
+    """Removes a file, a symlink or a plain directory with everything in it."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as exc:
+        raise error_from_os("remove", str(path), exc) from None
 
 
 def sync(path: Path) -> None:

@@ -24,7 +24,6 @@ attribute that cannot be read (EIO, EACCES, ...) is a failure and raised as one,
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -55,6 +54,7 @@ class XattrBackend(Protocol):
     def remove_xattr(self, path: Path, name: str) -> None: ...
     def subvolume_info(self, path: Path) -> SubvolumeInfo: ...
     def is_subvolume(self, path: Path) -> bool: ...
+    def exists(self, path: Path) -> bool: ...
 
 
 def encode(fields: Mapping[str, Any]) -> bytes:
@@ -161,7 +161,7 @@ class MetadataStore:
     def existing(self, path: Path, read: Callable[[Path], T]) -> T | None:
         """The object at path, None when the name is free; AlreadyExists when something this driver
         did not make (no metadata, not a subvolume) holds the name: it is neither reused nor replaced."""
-        if not os.path.lexists(path):
+        if not self._fs.exists(path):
             return None
         if self._fs.is_subvolume(path):
             with contextlib.suppress(NotFound):

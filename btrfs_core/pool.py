@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,23 +24,20 @@ from btrfs_core.models import (
     NO_TUNING,
     QUOTA_MODE_SETTINGS,
     Compression,
-    FsUsage,
     NestedScan,
-    QgroupUsage,
     QuotaRepairs,
-    QuotaStatus,
     Snapshot,
     Source,
     SourceKind,
     Tuning,
     TuningRequest,
     Volume,
-    VolumeHealth,
 )
 from btrfs_core.qgroups import VolumeQgroups
 from btrfs_core.shared import PoolShared
 from btrfs_core.snapshots import Snapshots, refuse_nested
 from btrfs_core.staging import Debris, Staging
+from btrfs_core.stats import PoolStats
 from btrfs_core.transfer import Transfers
 from btrfs_core.tuning import VolumeTuning, check_same_tuning, resolve_tuning
 
@@ -68,6 +65,7 @@ class Pool:
             shared, self._qgroups, self._staging, self._health.check_writable, self.get_volume
         )
         self._tuning = VolumeTuning(shared, self.volume_path, self._health.check_writable)
+        self.stats = PoolStats(backend, self._meta, self._qgroups, self._health, self.volume_path)
         self._capacities = Capacities(
             backend,
             self._meta,
@@ -116,7 +114,7 @@ class Pool:
             pool._exclusive_fd = filesystem.lock_exclusively(path)
         try:
             for directory in (pool.volumes_dir, pool.snapshots_dir, pool.staging_dir):
-                directory.mkdir(mode=0o700, exist_ok=True)
+                fs.make_directory(directory)
             pool._qgroups.ensure_quota(quota_mode)
             pool.clear_staging()
         except BaseException:
@@ -292,14 +290,10 @@ class Pool:
     def available_capacity(self) -> int:
         """The largest volume that can be created now (what GetCapacity reports): 0 on a read-only
         pool, which can take no volume and no write."""
-        if self.read_only():
+        if self._fs.read_only():
             return 0
         with self._lock:
             return self._capacities.available()
-
-    def read_only(self) -> bool:
-        """The pool is mounted read-only: neither the driver nor any pod can write to it."""
-        return self._fs.read_only()
 
     def release_vanished_volumes(self) -> list[str]:
         """Forgets the capacity of volumes deleted behind the driver's back (a subvolume deleted by
@@ -404,44 +398,6 @@ class Pool:
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._snapshots.delete(snapshot_id)
-
-    # usage and health
-
-    def volume_usage(self, volume_id: str) -> QgroupUsage:
-        """A volume's usage and limit: those of the qgroup that carries its limit, which holds
-        everything nested in it too. The one way to read a volume's usage (see volumes_usage)."""
-        return self._fs.usage(self._meta.qgroup_at(self.volume_path(volume_id)))
-
-    def volumes_usage(self, volumes: Iterable[Volume]) -> dict[str, QgroupUsage]:
-        """volume_usage of many volumes in one pass over the quota tree, by volume id (a volume whose
-        qgroup is missing, quotas off or gone, is left out)."""
-        return self._qgroups.usage_of({volume.id: self._qgroups.current(volume) for volume in volumes})
-
-    def usage_all(self) -> dict[int, QgroupUsage]:
-        """Every subvolume's usage and limit in one pass, by subvolume id."""
-        return self._fs.usage_all()
-
-    def fs_usage(self) -> FsUsage:
-        return self._fs.fs_usage()
-
-    def quota_status(self) -> QuotaStatus:
-        return self._fs.quota_status()
-
-    def volume_health(self, volume_id: str) -> VolumeHealth:
-        """Abnormal, with the reason, when the volume cannot be trusted to work as promised."""
-        path = self.volume_location(volume_id)
-        if not self._fs.is_subvolume(path):
-            return VolumeHealth(True, f"subvolume volumes/{volume_id} is missing")
-        return self._health.volume(volume_id, self._meta.qgroup_at(path))
-
-    def volumes_health(self, volumes: Sequence[Volume]) -> list[VolumeHealth]:
-        """volume_health of many volumes (a page of ListVolumes), the pool itself looked at once."""
-        return self._health.volumes([(volume.id, self._qgroups.current(volume)) for volume in volumes])
-
-    def volume_stats(self, volume_id: str) -> tuple[QgroupUsage, VolumeHealth]:
-        """A volume's usage and its health, the qgroup read once (NodeGetVolumeStats, polled often)."""
-        usage = self.volume_usage(volume_id)
-        return usage, self._health.of_usage(volume_id, usage)
 
     # housekeeping
 

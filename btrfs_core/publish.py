@@ -60,7 +60,7 @@ class Publisher:
         a publish cannot set, AlreadyExists when target shows something else or this volume with other
         flags, InUse when `exclusive` (single-writer access modes) and the volume is mounted elsewhere.
         """
-        if not readonly and self._pool.read_only():
+        if not readonly and self._pool.stats.read_only():
             raise ReadOnly(
                 "publish",
                 errno.EROFS,

@@ -4,7 +4,6 @@ which clear removes."""
 
 import logging
 import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +15,7 @@ class StagingBackend(Protocol):
     def list_dir(self, path: Path) -> list[str]: ...
     def is_subvolume(self, path: Path) -> bool: ...
     def delete_subvolume(self, path: Path) -> None: ...
+    def remove_entry(self, path: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,5 @@ class Staging:
     def _remove(self, entry: Path) -> None:
         if self._fs.is_subvolume(entry):
             self._fs.delete_subvolume(entry)
-        elif entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
         else:
-            entry.unlink()
+            self._fs.remove_entry(entry)

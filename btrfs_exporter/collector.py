@@ -1,7 +1,7 @@
 """A Prometheus collector over a btrfs-csi pool, read at scrape time in one pass.
 
-Every scrape makes two searches of the quota tree (`Pool.usage_all` for the snapshots' level-0 qgroups,
-`Pool.volumes_usage` for the volumes' level-1 ones, which carry their limits and hold what is nested in
+Every scrape makes two searches of the quota tree (`Pool.stats.usage_all` for the snapshots' level-0 qgroups,
+`Pool.stats.volumes_usage` for the volumes' level-1 ones, which carry their limits and hold what is nested in
 them), one statfs and one quota-status search. Subvolume ids are mapped to volume and
 snapshot ids, and volumes to their PVC, through the pool's directories. There is no polling thread:
 a scrape sees what the kernel knows at that moment. `btrfs_csi_volume_info` (always 1) carries each
@@ -274,13 +274,13 @@ class PoolCollector(Collector):
 
     def _collect_pool(self, f: "_Families") -> None:
         pool = self._pool
-        status = pool.quota_status()
-        fs = pool.fs_usage()
+        status = pool.stats.quota_status()
+        fs = pool.stats.fs_usage()
         # Usage first, then the listing: an object created in between shows without usage this once
         # rather than usage without an object.
-        usage: dict[int, QgroupUsage] = pool.usage_all()
+        usage: dict[int, QgroupUsage] = pool.stats.usage_all()
         volumes, snapshots = self._objects()
-        volume_usage = pool.volumes_usage(volume for volume, _labels in volumes)
+        volume_usage = pool.stats.volumes_usage(volume for volume, _labels in volumes)
 
         f.pool_size.add_metric((), fs.size)
         f.pool_used.add_metric((), fs.used)
@@ -290,7 +290,7 @@ class PoolCollector(Collector):
         for mode in (QuotaMode.FULL, QuotaMode.SIMPLE):
             f.quota_mode.add_metric((mode.value,), int(status.mode is mode))
         f.inconsistent.add_metric((), int(status.inconsistent))
-        f.read_only.add_metric((), int(pool.read_only()))
+        f.read_only.add_metric((), int(pool.stats.read_only()))
 
         # Bound methods and flat lists: at 10,000 volumes this loop is a good part of a scrape.
         ref_labels, ref_values = f.volume_referenced.labels.append, f.volume_referenced.values.append

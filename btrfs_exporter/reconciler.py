@@ -136,7 +136,7 @@ class ReconcilerMetrics:
 def stale_qgroups(pool: Pool) -> list[int]:
     """Level-0 qgroups of the pool's filesystem whose subvolume is gone (what remove_stale targets)."""
     live = subvolume.list_all(pool.root)
-    return sorted(q for q in pool.usage_all() if q >= FIRST_SUBVOLUME_ID and q not in live)
+    return sorted(q for q in pool.stats.usage_all() if q >= FIRST_SUBVOLUME_ID and q not in live)
 
 
 class Reconciler:
@@ -221,7 +221,7 @@ class Reconciler:
         self.rounds_done.release()
 
     def _check_consistency(self) -> None:
-        status = self._pool.quota_status()
+        status = self._pool.stats.quota_status()
         if not status.inconsistent or status.mode is not QuotaMode.FULL:
             return
         if status.rescan_running:

@@ -119,7 +119,7 @@ def serve(config: Config) -> int:
             return EXIT_REFUSED
     reconciler = metrics.reconciler()
     reconciler.start()
-    status = pool.quota_status()
+    status = pool.stats.quota_status()
     log.info(
         "serving",
         extra={

@@ -142,7 +142,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 volume=self._volume_message(volume, context=True),
                 status=Status(volume_condition=condition_message(health)),
             )
-            for volume, health in zip(page, self._pool.volumes_health(page), strict=True)
+            for volume, health in zip(page, self._pool.stats.volumes_health(page), strict=True)
         ]
         return csi_pb2.ListVolumesResponse(entries=entries, next_token=next_token)
 
@@ -170,7 +170,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         volume_id = v.required_id(request.volume_id, "volume_id")
         volume = self._pool.get_volume(volume_id)
         status = csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
-            volume_condition=condition_message(self._pool.volume_health(volume_id))
+            volume_condition=condition_message(self._pool.stats.volume_health(volume_id))
         )
         return csi_pb2.ControllerGetVolumeResponse(volume=self._volume_message(volume, True), status=status)
 

@@ -42,7 +42,7 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
         # The server starts only after Pool.open checked the filesystem; this re-reads the quota status
         # (one tree search) so an unmounted or broken pool turns the liveness probe red.
         try:
-            self._pool.quota_status()
+            self._pool.stats.quota_status()
         except (BtrfsCoreError, OSError) as exc:
             raise failed_precondition(f"pool {self._pool.root} is not usable: {exc}") from None
         return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=True))

@@ -64,7 +64,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self._check_published(volume_id, request.volume_path)
         # statfs would show the whole pool; the qgroup is the volume. Counters are those of the last
         # transaction commit (up to the commit interval behind the writes), as the kernel keeps them.
-        usage, health = self._pool.volume_stats(volume_id)
+        usage, health = self._pool.stats.volume_stats(volume_id)
         total = usage.limit if usage.limit is not None else self._pool.get_volume(volume_id).capacity
         return csi_pb2.NodeGetVolumeStatsResponse(
             usage=[

@@ -20,6 +20,7 @@ from btrfs_core.errors import (
     NestedSubvolumes,
     NotFound,
     QuotaDisabled,
+    ReadOnly,
 )
 from btrfs_core.fake import FakeBackend
 from btrfs_core.models import NestedScan, QuotaMode, QuotaRepairs, Source, SourceKind
@@ -67,7 +68,7 @@ def tree(root: Path) -> list[str]:
 
 def test_open_lays_out_the_pool_and_turns_quotas_on(pool: Pool) -> None:
     assert {p.name for p in pool.root.iterdir()} >= {"volumes", "snapshots", ".staging"}
-    assert pool.quota_status().mode in (QuotaMode.SIMPLE, QuotaMode.FULL)
+    assert pool.stats.quota_status().mode in (QuotaMode.SIMPLE, QuotaMode.FULL)
 
 
 def test_create_is_idempotent_and_refuses_a_different_request(pool: Pool) -> None:
@@ -166,7 +167,7 @@ def test_a_restore_or_clone_without_a_size_gets_its_sources_size_as_its_limit(bi
     restored = pool.create_volume("restored", 0, Source(SourceKind.SNAPSHOT, "big-snap"))
     cloned = pool.create_volume("cloned", 0, Source(SourceKind.VOLUME, "big"), limit=2 * size)
     for volume in (restored, cloned):
-        assert volume.capacity == size and pool.volume_usage(volume.id).limit == size
+        assert volume.capacity == size and pool.stats.volume_usage(volume.id).limit == size
     with pytest.raises(CapacityOutOfRange):
         pool.create_volume("small", 0, Source(SourceKind.VOLUME, "big"), limit=size - MiB)
 
@@ -192,8 +193,8 @@ def test_snapshot_restore_and_clone(pool: Pool) -> None:
     assert (pool.volume_path("restored") / "data").read_bytes() == b"payload" * 1000
     assert (pool.volume_path("clone") / "data").read_bytes() == b"changed"
     # Each clone and restore has its own limit, not its source's.
-    assert pool.volume_usage("restored").limit == restored.capacity == 12 * MiB
-    assert pool.volume_usage("clone").limit == clone.capacity == 10 * MiB
+    assert pool.stats.volume_usage("restored").limit == restored.capacity == 12 * MiB
+    assert pool.stats.volume_usage("clone").limit == clone.capacity == 10 * MiB
     pool.delete_volume("src")
     assert pool.get_snapshot("snap").source_volume_id == "src"
     again = pool.create_volume("again", 8 * MiB, Source(SourceKind.SNAPSHOT, "snap"))
@@ -204,7 +205,7 @@ def test_expand_raises_only(pool: Pool) -> None:
     pool.create_volume("v", 4 * MiB)
     assert pool.expand_volume("v", 4 * MiB).capacity == 4 * MiB
     assert pool.expand_volume("v", 6 * MiB).capacity == 6 * MiB
-    assert pool.volume_usage("v").limit == 6 * MiB
+    assert pool.stats.volume_usage("v").limit == 6 * MiB
     assert pool.expand_volume("v", 5 * MiB).capacity == 6 * MiB  # never shrinks
     with pytest.raises(CapacityOutOfRange):
         pool.expand_volume("v", 5 * MiB, limit=5 * MiB)
@@ -219,7 +220,7 @@ def test_capacity_is_accounted(pool: Pool) -> None:
     with pytest.raises(InsufficientCapacity):
         pool.create_volume("huge", available + 1)
     # The sum of limits stays within the pool's size (overprovision ratio 1.0).
-    size = pool.fs_usage().size
+    size = pool.stats.fs_usage().size
     pool.create_volume("most", size - 64 * MiB if size - 64 * MiB <= available else available)
     promised = pool.get_volume("most").capacity
     assert pool.available_capacity() <= size - promised
@@ -235,7 +236,7 @@ def test_state_survives_reopening(pool: Pool, backend: Backends) -> None:
     assert reopened.get_volume("v").metadata == {"csi.storage.k8s.io/pvc/namespace": "ns"}
     assert reopened.get_snapshot("s").source_volume_id == "v"
     # The reopened pool knows what is already promised.
-    assert reopened.available_capacity() <= reopened.fs_usage().size - promised
+    assert reopened.available_capacity() <= reopened.stats.fs_usage().size - promised
 
 
 def test_open_clears_staging_debris(pool: Pool, backend: Backends) -> None:
@@ -298,13 +299,13 @@ def test_a_subvolume_nested_while_the_kernel_snapshots_is_caught_too(
 
 def test_health(pool: Pool, backend: Backends) -> None:
     pool.create_volume("v", 4 * MiB)
-    assert not pool.volume_health("v").abnormal
-    assert pool.volume_stats("v") == (pool.volume_usage("v"), pool.volume_health("v"))
+    assert not pool.stats.volume_health("v").abnormal
+    assert pool.stats.volume_stats("v") == (pool.stats.volume_usage("v"), pool.stats.volume_health("v"))
     backend.set_limit(pool.get_volume("v").qgroup, None)
-    assert "no qgroup limit" in pool.volume_health("v").message
-    assert pool.volume_stats("v") == (pool.volume_usage("v"), pool.volume_health("v"))
+    assert "no qgroup limit" in pool.stats.volume_health("v").message
+    assert pool.stats.volume_stats("v") == (pool.stats.volume_usage("v"), pool.stats.volume_health("v"))
     backend.delete_subvolume(pool.volume_path("v"))
-    health = pool.volume_health("v")
+    health = pool.stats.volume_health("v")
     assert health.abnormal and "missing" in health.message
 
 
@@ -344,9 +345,34 @@ def test_quotas_turned_off_behind_the_pools_back_refuse_limits(pool: Pool, backe
         pool.create_volume("w", 4 * MiB)
     with pytest.raises(QuotaDisabled):
         pool.expand_volume("v", 8 * MiB)
-    assert "quotas are off" in pool.volume_health("v").message
+    assert "quotas are off" in pool.stats.volume_health("v").message
     assert os.listdir(pool.staging_dir) == [] and [v.id for v in pool.list_volumes()] == ["v"]
-    assert Pool.open(pool.root, backend=backend).quota_status().mode is not QuotaMode.OFF  # on again
+    assert Pool.open(pool.root, backend=backend).stats.quota_status().mode is not QuotaMode.OFF  # on again
+
+
+def set_read_only(backend: Backends, read_only: bool) -> None:
+    if isinstance(backend, FakeBackend):
+        backend.readonly = read_only
+    else:
+        cli("mount", "-o", "remount,ro" if read_only else "remount,rw", str(backend.root))
+
+
+def test_a_pool_mounted_read_only_refuses_changes_and_offers_no_capacity(
+    pool: Pool, backend: Backends
+) -> None:
+    pool.create_volume("v", 4 * MiB)
+    set_read_only(backend, True)
+    try:
+        assert pool.stats.read_only() and pool.available_capacity() == 0
+        with pytest.raises(ReadOnly, match="mounted read-only"):
+            pool.create_volume("w", 4 * MiB)
+        with pytest.raises(ReadOnly):
+            pool.delete_volume("v")
+        assert "read-only" in pool.stats.volume_health("v").message
+        assert [v.id for v in pool.list_volumes()] == ["v"]
+    finally:
+        set_read_only(backend, False)
+    assert not pool.stats.read_only() and pool.available_capacity() > 0
 
 
 def disable_quota(backend: Backends) -> None:
@@ -369,9 +395,9 @@ def test_each_volume_has_its_own_level1_qgroup_that_carries_the_limit(pool: Pool
     assert backend.usage(volume.qgroup).limit == 8 * MiB and backend.usage(clone.qgroup).limit == 12 * MiB
     for subvolume_id in (volume.subvolume_id, clone.subvolume_id, snapshot.subvolume_id):
         assert backend.usage(subvolume_id).limit is None  # nothing for a snapshot to inherit
-    assert pool.volume_usage("v") == backend.usage(volume.qgroup)
-    usage = pool.volumes_usage(pool.list_volumes())
-    assert usage == {"c": backend.usage(clone.qgroup), "v": pool.volume_usage("v")}
+    assert pool.stats.volume_usage("v") == backend.usage(volume.qgroup)
+    usage = pool.stats.volumes_usage(pool.list_volumes())
+    assert usage == {"c": backend.usage(clone.qgroup), "v": pool.stats.volume_usage("v")}
     assert pool.repair_quotas() == QuotaRepairs() and pool.reparent_nested() == NestedScan(0, 0)
     pool.delete_volume("v")
 
@@ -420,15 +446,15 @@ def test_limits_removed_by_hand_come_back(pool: Pool, backend: Backends) -> None
 def test_quotas_disabled_come_back_with_mode_qgroups_and_limits(
     pool: Pool, backend: Backends, wanted: str
 ) -> None:
-    mode = pool.quota_status().mode
+    mode = pool.stats.quota_status().mode
     volume = pool.create_volume("v", 8 * MiB)
     disable_quota(backend)
     reopened = Pool.open(pool.root, wanted, backend=backend)
-    assert reopened.quota_status().mode is (mode if wanted == "auto" else QuotaMode(wanted))
+    assert reopened.stats.quota_status().mode is (mode if wanted == "auto" else QuotaMode(wanted))
     assert reopened.repair_quotas() == QuotaRepairs(qgroups_restored=1, limits_restored=1)
     assert reopened.reparent_nested() == NestedScan(1, 1)
     assert backend.qgroup_relations()[volume.subvolume_id] == {volume.qgroup}
-    assert reopened.volume_usage("v").limit == 8 * MiB
+    assert reopened.stats.volume_usage("v").limit == 8 * MiB
 
 
 def test_volumes_of_the_old_shape_are_migrated_once(pool: Pool, backend: Backends) -> None:
@@ -443,14 +469,14 @@ def test_volumes_of_the_old_shape_are_migrated_once(pool: Pool, backend: Backend
     backend.create_qgroup(quota.LEVEL1 | 1 << 47 | 7)  # a crash between the qgroup and its volume
     backend.create_qgroup(quota.LEVEL1 | 42)  # an operator's own: not the driver's to remove
     assert pool.get_volume("old").qgroup == old  # usage still reads the limit where it is
-    assert pool.volume_usage("old").limit == 8 * MiB
+    assert pool.stats.volume_usage("old").limit == 8 * MiB
     assert pool.repair_quotas() == QuotaRepairs(migrated=1, limits_restored=1, orphans_removed=1)
     assert pool.reparent_nested() == NestedScan(1, 1)  # the cut one's subvolume, not assigned yet
     migrated = pool.get_volume("old")
     assert migrated.qgroup >= quota.LEVEL1 | 1 << 47 and pool.get_volume("cut").qgroup == group
     relations = backend.qgroup_relations()
     assert relations[old] == {migrated.qgroup} and relations[cut] == {group}
-    assert pool.volume_usage("old").limit == 8 * MiB and pool.volume_usage("cut").limit == 4 * MiB
+    assert pool.stats.volume_usage("old").limit == 8 * MiB and pool.stats.volume_usage("cut").limit == 4 * MiB
     assert backend.usage(old).limit is None and backend.usage(cut).limit is None
     assert set(backend.group_usage_all()) == {migrated.qgroup, group, quota.LEVEL1 | 42}
     assert pool.repair_quotas() == QuotaRepairs() and pool.reparent_nested() == NestedScan(0, 0)

@@ -100,9 +100,9 @@ def test_open_lays_out_the_pool_and_picks_the_quota_mode(btrfs_mount: Path, tmp_
         assert not subvolume.is_subvolume(directory)
     assert {p.name for p in btrfs_mount.iterdir()} == {"volumes", "snapshots", ".staging"}
     # auto: simple quotas where the kernel has them (6.7+; this one does).
-    assert pool.quota_status().mode is QuotaMode.SIMPLE
+    assert pool.stats.quota_status().mode is QuotaMode.SIMPLE
     assert sysfs_quota_mode(btrfs_mount) == "squota"
-    assert Pool.open(btrfs_mount, quota_mode="simple").quota_status().mode is QuotaMode.SIMPLE
+    assert Pool.open(btrfs_mount, quota_mode="simple").stats.quota_status().mode is QuotaMode.SIMPLE
     with pytest.raises(InvalidArgument, match="simple"):
         Pool.open(btrfs_mount, quota_mode="full")
     with pytest.raises(InvalidArgument):
@@ -112,9 +112,9 @@ def test_open_lays_out_the_pool_and_picks_the_quota_mode(btrfs_mount: Path, tmp_
     with pytest.raises(InvalidArgument, match="not btrfs"):
         Pool.open(tmp_path)
     with loop_pool(prefix="btrfs-csi-core-") as other:
-        assert Pool.open(other, quota_mode="full").quota_status().mode is QuotaMode.FULL
+        assert Pool.open(other, quota_mode="full").stats.quota_status().mode is QuotaMode.FULL
         assert sysfs_quota_mode(other) == "qgroup"
-        assert Pool.open(other).quota_status().mode is QuotaMode.FULL  # auto keeps what is there
+        assert Pool.open(other).stats.quota_status().mode is QuotaMode.FULL  # auto keeps what is there
 
 
 def test_create_volume_matches_the_cli(env: Env) -> None:
@@ -130,7 +130,7 @@ def test_create_volume_matches_the_cli(env: Env) -> None:
     assert shown["Parent UUID"] == "-" and shown["Flags"] == "-"
     assert cli_time(volume.created) == shown["Creation time"]
     assert _limit(env.mount, volume.qgroup) == 48 * MiB
-    assert env.pool.volume_usage("pvc-layout").limit == 48 * MiB
+    assert env.pool.stats.volume_usage("pvc-layout").limit == 48 * MiB
 
     # Unsafe names are hashed into an ID that stays inside volumes/.
     for name in ("..", "/", "../../etc", "a/../../b"):
@@ -177,7 +177,7 @@ def test_expand_raises_only(env: Env) -> None:
     with pytest.raises(CapacityOutOfRange):
         env.pool.expand_volume("pvc-expand", 24 * MiB, limit=24 * MiB)
     with pytest.raises(InsufficientCapacity):
-        env.pool.expand_volume("pvc-expand", 2 * env.pool.fs_usage().size)
+        env.pool.expand_volume("pvc-expand", 2 * env.pool.stats.fs_usage().size)
     assert _limit(env.mount, volume.qgroup) == 32 * MiB
     assert env.pool.get_volume("pvc-expand").capacity == 32 * MiB
     with pytest.raises(NotFound):
@@ -350,10 +350,10 @@ def test_usage_matches_the_cli(env: Env) -> None:
     filesystem.sync(env.mount)
     shown = qgroup_show(env.mount)
     group = qgroup_show(env.mount, 1)[volume.qgroup]
-    usage = env.pool.volume_usage(volume.id)
+    usage = env.pool.stats.volume_usage(volume.id)
     assert (usage.referenced, usage.exclusive, usage.limit) == (group.referenced, group.exclusive, 16 * MiB)
     assert usage.referenced >= 3 * MiB
-    assert {k: (u.referenced, u.exclusive, u.limit) for k, u in env.pool.usage_all().items()} == {
+    assert {k: (u.referenced, u.exclusive, u.limit) for k, u in env.pool.stats.usage_all().items()} == {
         k: (q.referenced, q.exclusive, q.max_referenced) for k, q in shown.items()
     }
 
@@ -398,8 +398,8 @@ def test_hostile_names_and_ids_are_refused_before_touching_the_filesystem(
         pool.delete_volume,
         functools.partial(pool.expand_volume, capacity=16 * MiB),
         pool.volume_path,
-        pool.volume_usage,
-        pool.volume_health,
+        pool.stats.volume_usage,
+        pool.stats.volume_health,
         functools.partial(pool.create_snapshot, "snap-new"),
         pool.get_snapshot,
         pool.delete_snapshot,
@@ -430,7 +430,7 @@ def test_hostile_names_and_ids_are_refused_before_touching_the_filesystem(
 def test_rescan_quota_is_harmless_under_simple_quotas(btrfs_mount: Path) -> None:
     pool = Pool.open(btrfs_mount, quota_mode="simple")
     pool.rescan_quota()  # the kernel has no rescan for simple quotas (EINVAL): nothing to do
-    assert pool.quota_status().mode is QuotaMode.SIMPLE
+    assert pool.stats.quota_status().mode is QuotaMode.SIMPLE
 
 
 def test_a_full_volume_can_grow_when_the_pool_has_room(btrfs_mount: Path) -> None:
@@ -439,8 +439,8 @@ def test_a_full_volume_can_grow_when_the_pool_has_room(btrfs_mount: Path) -> Non
     with open(pool.volume_path(volume.id) / "data", "wb") as f:
         os.posix_fallocate(f.fileno(), 0, 300 * MiB)  # allocated and charged, without writing it
     filesystem.sync(btrfs_mount)
-    assert pool.volume_usage(volume.id).referenced >= 300 * MiB
-    free = pool.fs_usage().free
+    assert pool.stats.volume_usage(volume.id).referenced >= 300 * MiB
+    free = pool.stats.fs_usage().free
     # 700 MiB of limits in a 1 GiB pool, 400 MiB more room for this volume: the pool has it.
     assert 400 * MiB < free < 700 * MiB
     assert pool.available_capacity() >= 400 * MiB  # a new 400 MiB volume would be accepted

@@ -64,7 +64,7 @@ def test_an_unreadable_volume_is_an_error_not_absent(pool: tuple[Pool, FailingRe
         lambda: pool_.list_volumes(["pvc-ok", "pvc-damaged"]),
         lambda: pool_.create_volume("pvc-damaged", 8 * MiB),  # not "held by something not ours"
         lambda: pool_.expand_volume("pvc-damaged", 16 * MiB),
-        lambda: pool_.volume_health("pvc-damaged"),
+        lambda: pool_.stats.volume_health("pvc-damaged"),
     )
     assert [volume.id for volume in pool_.list_volumes(["pvc-ok"])] == ["pvc-ok"]
     backend.failing.clear()

@@ -41,7 +41,7 @@ def write_compressible(name: str, size: int) -> int:
 
 def charged(pool: Pool, volume_id: str) -> int:
     filesystem.sync(pool.root)  # qgroup counters move at commit
-    return pool.volume_usage(volume_id).referenced
+    return pool.stats.volume_usage(volume_id).referenced
 
 
 def test_compressed_writes_charge_fewer_bytes_than_written(pool: Pool) -> None:

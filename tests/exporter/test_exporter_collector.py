@@ -261,12 +261,12 @@ def make_inconsistent(mount: Path, subvolume_id: int) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert Pool.open(mount).quota_status().inconsistent
+    assert Pool.open(mount).stats.quota_status().inconsistent
 
 
 def wait_consistent(pool: Pool) -> None:
     def consistent() -> bool:
-        status = pool.quota_status()
+        status = pool.stats.quota_status()
         return not status.inconsistent and not status.rescan_running
 
     eventually(consistent, "qgroups consistent", interval=0.05)
@@ -305,7 +305,7 @@ def test_a_failing_read_is_logged_and_counted_not_raised(
     def broken() -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(pool, "usage_all", broken)
+    monkeypatch.setattr(pool.stats, "usage_all", broken)
     scraped = samples(metrics.registry)
     assert scraped["btrfs_csi_scrape_errors_total"] == {labels(): 1}
     assert "btrfs_csi_build_info" in scraped

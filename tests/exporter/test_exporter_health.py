@@ -1,4 +1,4 @@
-"""Pool.volume_health on a real pool, each abnormal condition provoked the way it happens in life."""
+"""Pool.stats.volume_health on a real pool, each abnormal condition provoked the way it happens in life."""
 
 import errno
 import subprocess
@@ -26,13 +26,13 @@ def volume_id(pool: Pool) -> str:
 
 
 def test_a_healthy_volume(pool: Pool, volume_id: str) -> None:
-    health = pool.volume_health(volume_id)
+    health = pool.stats.volume_health(volume_id)
     assert not health.abnormal, health.message
 
 
 def test_subvolume_deleted_behind_the_pools_back(pool: Pool, volume_id: str) -> None:
     btrfs("subvolume", "delete", str(pool.volumes_dir / volume_id))
-    health = pool.volume_health(volume_id)
+    health = pool.stats.volume_health(volume_id)
     assert health.abnormal
     assert "missing" in health.message
 
@@ -46,7 +46,7 @@ def test_a_volume_written_to_its_limit(pool: Pool) -> None:
             f.flush()
     assert raised.value.errno == errno.EDQUOT
     filesystem.sync(pool.root)  # the qgroup counters are updated at commit
-    health = pool.volume_health(volume.id)
+    health = pool.stats.volume_health(volume.id)
     assert health.abnormal
     assert "full" in health.message
 
@@ -61,21 +61,21 @@ def read_only(btrfs_mount: Path) -> Iterator[None]:
 
 
 def test_pool_remounted_read_only(pool: Pool, volume_id: str, read_only: None) -> None:
-    health = pool.volume_health(volume_id)
+    health = pool.stats.volume_health(volume_id)
     assert health.abnormal
     assert "read-only" in health.message
 
 
 def test_limit_cleared(pool: Pool, volume_id: str, btrfs_mount: Path) -> None:
     btrfs("qgroup", "limit", "none", quota.show(pool.get_volume(volume_id).qgroup), str(btrfs_mount))
-    health = pool.volume_health(volume_id)
+    health = pool.stats.volume_health(volume_id)
     assert health.abnormal
     assert "no qgroup limit" in health.message
 
 
 def test_quotas_disabled_leaves_no_qgroup(pool: Pool, volume_id: str, btrfs_mount: Path) -> None:
     btrfs("quota", "disable", str(btrfs_mount))
-    health = pool.volume_health(volume_id)
+    health = pool.stats.volume_health(volume_id)
     assert health.abnormal
     assert "no qgroup" in health.message
 
@@ -86,6 +86,6 @@ def test_inconsistent_accounting(btrfs_mount: Path) -> None:
     write_file(pool.volume_path(volume.id) / "f", MiB)
     pool.create_snapshot("snap", volume.id)
     make_inconsistent(btrfs_mount, volume.subvolume_id)
-    health = pool.volume_health(volume.id)
+    health = pool.stats.volume_health(volume.id)
     assert health.abnormal
     assert "inconsistent" in health.message

@@ -53,7 +53,7 @@ class Node:
         self.reconciler.run_once()
         self.reconciler.scan_nested()
         quota.wait_rescan(self.mount)
-        assert not self.pool.quota_status().inconsistent
+        assert not self.pool.stats.quota_status().inconsistent
 
     def sample(self, name: str, **labels: str) -> float:
         found = self.registry.get_sample_value(name, labels)
@@ -70,7 +70,7 @@ class Node:
 
     def used(self, volume_id: str) -> int:
         filesystem.sync(self.pool.root)
-        return self.pool.volume_usage(volume_id).referenced
+        return self.pool.stats.volume_usage(volume_id).referenced
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_a_limit_removed_by_hand_comes_back(mount: Path, mode: QuotaMode) -> Non
     btrfs("qgroup", "limit", "none", quota.show(volume.qgroup), str(mount))
     node.repair()
     assert node.actions("restore_limit") == 1
-    assert node.pool.volume_usage(volume.id).limit == CAPACITY
+    assert node.pool.stats.volume_usage(volume.id).limit == CAPACITY
     assert_held(node, volume.id, fill(node.tenant_dir(volume.id), "f"))
 
 
@@ -162,11 +162,11 @@ def test_quotas_disabled_and_a_restart_bring_back_mode_and_limits(mount: Path, m
     nested = nest(tenant, "nested", None)
     node.repair()
     btrfs("quota", "disable", str(mount))
-    assert node.pool.quota_status().mode is QuotaMode.OFF
+    assert node.pool.stats.quota_status().mode is QuotaMode.OFF
 
     restarted = Node(mount)  # the default configuration: quota mode "auto"
     restarted.repair()
-    assert restarted.pool.quota_status().mode is mode
+    assert restarted.pool.stats.quota_status().mode is mode
     assert restarted.actions("restore_qgroup") == 1 and restarted.actions("restore_limit") == 1
     assert restarted.actions("reparent_subvolume") == 2  # the volume's own and the nested one
     assert quota.relations(mount)[nested] == {volume.qgroup}
@@ -220,7 +220,7 @@ def test_volumes_of_the_old_shape_are_migrated_at_start_up_even_when_cut_short(
         assert volume.qgroup >= quota.LEVEL1
         assert quota.relations(mount)[subvolume_id] == {volume.qgroup}
         assert quota.usage(mount, subvolume_id).limit is None
-        assert restarted.pool.volume_usage(name).limit == CAPACITY
+        assert restarted.pool.stats.volume_usage(name).limit == CAPACITY
     assert_held(restarted, "first", fill(tenant / "nested", "late"), before=early["written"])
     again = Node(mount)
     again.repair()
@@ -240,7 +240,7 @@ def test_a_tenant_cannot_touch_qgroups_itself(mount: Path) -> None:
         return None
 
     assert as_pod(node.tenant_dir(volume.id), remove_limit) == errno.EPERM
-    assert node.pool.volume_usage(volume.id).limit == CAPACITY
+    assert node.pool.stats.volume_usage(volume.id).limit == CAPACITY
 
 
 def test_metrics_follow_a_volume_migrated_after_the_first_scrape(mount: Path) -> None:
