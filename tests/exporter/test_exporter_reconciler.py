@@ -194,6 +194,10 @@ class _BrokenPool:
 
     root = Path("/nonexistent/pool")
 
+    @property
+    def stats(self) -> "_BrokenPool":
+        return self
+
     def __getattr__(self, name: str) -> Any:
         def fail(*args: object, **kwargs: object) -> None:
             raise OSError(5, f"Input/output error in {name}")
