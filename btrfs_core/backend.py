@@ -53,7 +53,6 @@ class Backend(Protocol):
     def qgroup_relations(self) -> dict[int, set[int]]: ...  # member -> its parent qgroups
     def subvolume_parents(self) -> dict[int, int]: ...  # every subvolume id -> the one holding it
     def exclusive_all(self) -> dict[int, int]: ...  # every qgroup's exclusive bytes
-    def remove_stale_qgroups(self) -> list[int]: ...
     def fs_usage(self) -> FsUsage: ...
     def space(self) -> PoolSpace: ...
     # Commits the running transaction and waits for it: every change before it is on disk. Writes
@@ -183,9 +182,6 @@ class KernelBackend(PlainFiles):
 
     def subvolume_parents(self) -> dict[int, int]:
         return subvolume.list_all(self.root)
-
-    def remove_stale_qgroups(self) -> list[int]:
-        return quota.remove_stale(self.root)
 
     def fs_usage(self) -> FsUsage:
         return filesystem.usage(self.root)

@@ -203,6 +203,8 @@ class FakeBackend(PlainFiles):
 
     def destroy_qgroup(self, qgroupid: int) -> None:
         self._check_quota("qgroup destroy")
+        if qgroupid in self._limits:  # deleting a subvolume drops its qgroup, as kernels since 6.11 do
+            raise InUse(f"qgroup destroy: subvolume {qgroupid} exists")
         if qgroupid not in self._groups:
             raise NotFound(f"qgroup destroy: qgroup {qgroupid} does not exist")
         if any(qgroupid in parents for parents in self._parents.values()):
@@ -261,9 +263,6 @@ class FakeBackend(PlainFiles):
         if self.mode is QuotaMode.OFF:
             return {}
         return {qgroupid: self.usage(qgroupid) for qgroupid in self._groups}
-
-    def remove_stale_qgroups(self) -> list[int]:
-        return []  # deleting a fake subvolume drops its qgroup, as kernels since 6.11 do
 
     def fs_usage(self) -> FsUsage:
         used = sum(self._bytes(subvolume_id) for subvolume_id in self._info)

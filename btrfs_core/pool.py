@@ -409,8 +409,14 @@ class Pool:
             self._commit.commit()
         return debris
 
-    def remove_stale_qgroups(self) -> list[int]:
-        removed = self._fs.remove_stale_qgroups()
+    def stale_qgroups(self) -> list[int]:
+        """Level-0 qgroups whose subvolume is gone (see VolumeQgroups.stale), for the count and for
+        remove_stale_qgroups: the quota tree read once."""
+        return self._qgroups.stale()
+
+    def remove_stale_qgroups(self, stale: Iterable[int]) -> list[int]:
+        """Removes those of the stale qgroups the kernel lets go; returns them."""
+        removed = self._qgroups.remove_stale(stale)
         if removed:
             self._commit.commit()
         return removed

@@ -11,8 +11,8 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 
-from btrfs_core import quota
-from btrfs_core.errors import BtrfsCoreError, InvalidArgument, KernelError, NotFound
+from btrfs_core import ioctl, quota
+from btrfs_core.errors import BtrfsCoreError, InUse, InvalidArgument, KernelError, NotFound
 from btrfs_core.models import NestedScan, QgroupUsage, QuotaMode, QuotaRepairs, Volume
 from btrfs_core.shared import PoolShared
 
@@ -294,6 +294,26 @@ class VolumeQgroups:
             self._commit.commit()
         self.rescan_if_inconsistent()
         return NestedScan(out_of_place, repaired)
+
+    def stale(self) -> list[int]:
+        """Level-0 qgroups whose subvolume is gone, sorted: kernels before 6.11 leave them, and under
+        simple quotas a deleted subvolume's stays while others hold extents charged to it. The qgroups
+        are read before the subvolumes, so a subvolume made in between is never taken for gone."""
+        qgroups = self._fs.usage_all()
+        live = self._fs.subvolume_parents()
+        return sorted(q for q in qgroups if q >= ioctl.FIRST_FREE_OBJECTID and q not in live)
+
+    def remove_stale(self, stale: Iterable[int]) -> list[int]:
+        """Destroys the stale qgroups `stale` names; returns those removed. One whose subvolume the
+        cleaner has not dropped yet answers EBUSY (one gone meanwhile ENOENT): left for next time."""
+        removed = []
+        for qgroupid in stale:
+            try:
+                self._fs.destroy_qgroup(qgroupid)
+            except (InUse, NotFound):
+                continue
+            removed.append(qgroupid)
+        return removed
 
     def joined(self, subvolume_id: int, group: int) -> None:
         """A new volume's subvolume and its qgroup (needs the lock; nothing to do before the first read,

@@ -1,12 +1,12 @@
-"""Quotas and qgroups: mode, enable, rescan, limits, usage of one or all subvolumes, stale qgroups."""
+"""Quotas and qgroups: mode, enable, rescan, limits, usage of one or all subvolumes, qgroups and relations."""
 
 import functools
 from pathlib import Path
 
 from btrfs_core import ioctl, trees
-from btrfs_core.errors import InUse, InvalidArgument, NotFound
+from btrfs_core.errors import InvalidArgument, NotFound
 from btrfs_core.models import QgroupUsage, QuotaMode, QuotaStatus
-from btrfs_core.subvolume import list_all, opened
+from btrfs_core.subvolume import opened
 
 _STATUS_FLAGS = trees.item_struct(trees.QgroupStatusItem, "flags")
 _INFO_RFER_EXCL = trees.item_struct(trees.QgroupInfoItem, "rfer", "excl")
@@ -186,22 +186,3 @@ def exclusive_all(path: Path) -> dict[int, int]:
     except NotFound:
         return {}
 
-
-def remove_stale(path: Path) -> list[int]:
-    """Destroys level-0 qgroups whose subvolume no longer exists; returns their ids.
-
-    A qgroup whose subvolume the cleaner has not dropped yet answers EBUSY; it is left for next time.
-    """
-    live = list_all(path)
-    removed = []
-    with opened(path) as fd:
-        for qgroupid in usage_all(path):
-            if qgroupid in live or qgroupid < ioctl.FIRST_FREE_OBJECTID:
-                continue
-            args = ioctl.QgroupCreateArgs(create=0, qgroupid=qgroupid)
-            try:
-                ioctl.call(fd, ioctl.IOC_QGROUP_CREATE, args, "qgroup destroy", f"qgroup 0/{qgroupid}")
-            except (InUse, NotFound):
-                continue  # EBUSY: the cleaner has not dropped the subvolume yet (ENOENT: gone); later
-            removed.append(qgroupid)
-    return removed

@@ -1,81 +1,18 @@
-"""A background thread that keeps a pool's quota accounting and staging area clean.
+"""The reconciler's metrics: the exporter's observer of `btrfs_core.maintenance.Reconciler`.
 
-Each round, every `interval` seconds (60 by default):
-
-1. Inconsistent qgroups (full qgroups only; deleting big subvolumes can cause it, and then limits are
-   not enforced): start a rescan unless one runs. Simple quotas have no rescan (the kernel refuses
-   it, logging "qgroup rescan init failed, running in simple mode"), so none is tried there.
-2. Stale qgroups (a level-0 qgroup whose subvolume is gone; kernels before 6.11 leave them, and under
-   simple quotas a deleted volume's qgroup stays while snapshots or clones hold its extents): count
-   them, and remove those the kernel lets go (the others answer EBUSY and are counted again next time).
-3. Crash debris (staging entries, half-made snapshots): `Pool.clear_staging()`. An entry that resists
-   is logged and left for the next round; btrfs_csi_staging_debris_entries shows how many are left
-   and btrfs_csi_staging_errors_total counts every failed removal.
-4. Volumes deleted behind the driver's back (a subvolume deleted by hand): their capacity is released
-   (`Pool.release_vanished_volumes()`), or it would stay promised until a restart.
-5. Volume quotas (`Pool.repair_quotas()`): the capacity in each volume's metadata is the truth. A
-   level-1 qgroup that is gone (quotas turned off and on again) is recreated, a limit that differs
-   (`btrfs qgroup limit none` by hand) is set again, a volume made before level-1 qgroups is migrated,
-   and level-1 qgroups of the driver that no volume names are removed. The first round runs at
-   start-up, so start-up repairs and migrates.
-
-Between rounds, every `nested_interval` seconds (5 by default), `Pool.reparent_nested()` finds
-subvolumes a pod made inside its volume that are not in exactly the volume's level-1 qgroup and moves
-them there: the gauge btrfs_csi_nested_subvolumes_out_of_place shows how many the last scan found.
-
-Every action is logged and counted in btrfs_csi_reconciler_actions_total{action}; a step that fails
-is logged with its traceback and counted in btrfs_csi_reconciler_errors_total{step}, never raised:
-the next round tries again.
+Every repair counts in btrfs_csi_reconciler_actions_total{action}, every failed step in
+btrfs_csi_reconciler_errors_total{step}; btrfs_csi_pool_stale_qgroups, btrfs_csi_staging_debris_entries
+and btrfs_csi_nested_subvolumes_out_of_place show what the last round (or nested scan) found.
 """
-
-import logging
-import threading
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from btrfs_core import subvolume
-from btrfs_core.models import QuotaMode
-from btrfs_core.pool import Pool
-
-log = logging.getLogger(__name__)
-
-DEFAULT_INTERVAL = 60.0
-DEFAULT_NESTED_INTERVAL = 5.0
-FIRST_SUBVOLUME_ID = 256  # lower qgroup ids belong to the top level (5) and internal trees
-
-ACTION_RESCAN = "rescan"
-ACTION_REMOVE_STALE_QGROUP = "remove_stale_qgroup"
-ACTION_CLEAR_STAGING = "clear_staging"
-ACTION_RELEASE_VANISHED = "release_vanished_volume"
-ACTION_MIGRATE_VOLUME = "migrate_volume"
-ACTION_RESTORE_QGROUP = "restore_qgroup"
-ACTION_RESTORE_LIMIT = "restore_limit"
-ACTION_REMOVE_ORPHAN_QGROUP = "remove_orphan_qgroup"
-ACTION_REPARENT_SUBVOLUME = "reparent_subvolume"
-ACTIONS = (
-    ACTION_RESCAN,
-    ACTION_REMOVE_STALE_QGROUP,
-    ACTION_CLEAR_STAGING,
-    ACTION_RELEASE_VANISHED,
-    ACTION_MIGRATE_VOLUME,
-    ACTION_RESTORE_QGROUP,
-    ACTION_RESTORE_LIMIT,
-    ACTION_REMOVE_ORPHAN_QGROUP,
-    ACTION_REPARENT_SUBVOLUME,
-)
-STEPS = (
-    "quota_consistency",
-    "stale_qgroups",
-    "staging",
-    "vanished_volumes",
-    "volume_quotas",
-    "nested_subvolumes",
-)
+from btrfs_core.maintenance import ACTION_REMOVE_STALE_QGROUP, ACTIONS, STEPS
 
 
 class ReconcilerMetrics:
-    """The reconciler's metric objects, registered in one registry (zero until the first round)."""
+    """The reconciler's metric objects, registered in one registry (zero until the first round), and
+    the observer that the reconciler tells of its rounds."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.actions = Counter(
@@ -96,7 +33,7 @@ class ReconcilerMetrics:
             labelnames=("step",),
             registry=registry,
         )
-        self.stale_qgroups = Gauge(
+        self.stale_qgroups_found = Gauge(
             "btrfs_csi_pool_stale_qgroups",
             "Level-0 qgroups whose subvolume no longer exists, found at the last reconcile round"
             " (before removing those the kernel lets go). Under simple quotas a deleted volume's"
@@ -106,7 +43,7 @@ class ReconcilerMetrics:
         self.stale_removed = Counter(
             "btrfs_csi_stale_qgroups_removed", "Stale qgroups the reconciler removed.", registry=registry
         )
-        self.debris_left = Gauge(
+        self.debris_entries = Gauge(
             "btrfs_csi_staging_debris_entries",
             "Crash debris (staging entries, half-made snapshots) that resisted removal at the last"
             " reconcile round; retried every round, the reasons logged.",
@@ -117,7 +54,7 @@ class ReconcilerMetrics:
             "Failed removals of crash debris, one per entry and round (the reasons are logged).",
             registry=registry,
         )
-        self.nested_out_of_place = Gauge(
+        self.nested_found = Gauge(
             "btrfs_csi_nested_subvolumes_out_of_place",
             "Subvolumes inside volumes found outside their volume's qgroup at the last nested scan"
             " (each then moved in): made by a pod since the scan before, or with its own"
@@ -132,145 +69,25 @@ class ReconcilerMetrics:
         for step in STEPS:
             self.errors.labels(step)
 
+    # The ReconcilerObserver protocol.
 
-def stale_qgroups(pool: Pool) -> list[int]:
-    """Level-0 qgroups of the pool's filesystem whose subvolume is gone (what remove_stale targets)."""
-    live = subvolume.list_all(pool.root)
-    return sorted(q for q in pool.stats.usage_all() if q >= FIRST_SUBVOLUME_ID and q not in live)
+    def repaired(self, action: str, count: int) -> None:
+        self.actions.labels(action).inc(count)
+        if action == ACTION_REMOVE_STALE_QGROUP:
+            self.stale_removed.inc(count)
 
+    def stale_qgroups(self, found: int) -> None:
+        self.stale_qgroups_found.set(found)
 
-class Reconciler:
-    """Runs `run_once()` now and then every `interval` seconds in a daemon thread until `stop()`."""
+    def debris_left(self, entries: int) -> None:
+        self.debris_entries.set(entries)
+        self.debris_errors.inc(entries)
 
-    def __init__(
-        self,
-        pool: Pool,
-        metrics: ReconcilerMetrics,
-        interval: float = DEFAULT_INTERVAL,
-        nested_interval: float = DEFAULT_NESTED_INTERVAL,
-    ) -> None:
-        if not interval > 0 or not nested_interval > 0:
-            raise ValueError(f"reconcile intervals {interval}, {nested_interval} are not both positive")
-        self._pool = pool
-        self._metrics = metrics
-        self._interval = interval
-        self._nested_interval = nested_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.rounds_done = threading.Semaphore(0)  # released after each round, for tests
+    def nested_out_of_place(self, found: int) -> None:
+        self.nested_found.set(found)
 
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("reconciler already started")
-        self._thread = threading.Thread(target=self._loop, name="btrfs-csi-reconciler", daemon=True)
-        self._thread.start()
+    def step_failed(self, step: str) -> None:
+        self.errors.labels(step).inc()
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Asks the thread to stop and waits up to `timeout` for the current round; True if it ended."""
-        self._stop.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _loop(self) -> None:
-        log.info(
-            "reconciler started for pool %s, every %.0f s (nested subvolumes every %.0f s)",
-            self._pool.root,
-            self._interval,
-            self._nested_interval,
-        )
-        next_round = time.monotonic()
-        while not self._stop.is_set():
-            if time.monotonic() >= next_round:
-                self.run_once()
-                next_round = time.monotonic() + self._interval
-            self.scan_nested()
-            if self._stop.wait(max(0.0, min(self._nested_interval, next_round - time.monotonic()))):
-                break
-        log.info("reconciler stopped for pool %s", self._pool.root)
-
-    def scan_nested(self) -> None:
-        """Moves subvolumes nested in volumes into their volume's qgroup; failures logged and counted."""
-        try:
-            scan = self._pool.reparent_nested()
-        except Exception:
-            self._metrics.errors.labels("nested_subvolumes").inc()
-            log.exception("reconciler step nested_subvolumes failed on pool %s", self._pool.root)
-            return
-        self._metrics.nested_out_of_place.set(scan.out_of_place)
-        self._metrics.actions.labels(ACTION_REPARENT_SUBVOLUME).inc(scan.repaired)
-
-    def run_once(self) -> None:
-        """One round of every step; failures are logged and counted, not raised."""
-        for step, action in (
-            ("quota_consistency", self._check_consistency),
-            ("stale_qgroups", self._remove_stale_qgroups),
-            ("staging", self._clear_staging),
-            ("vanished_volumes", self._release_vanished_volumes),
-            ("volume_quotas", self._repair_quotas),
-        ):
-            if self._stop.is_set():
-                return
-            try:
-                action()
-            except Exception:
-                self._metrics.errors.labels(step).inc()
-                log.exception("reconciler step %s failed on pool %s", step, self._pool.root)
-        self._metrics.rounds.inc()
-        self.rounds_done.release()
-
-    def _check_consistency(self) -> None:
-        status = self._pool.stats.quota_status()
-        if not status.inconsistent or status.mode is not QuotaMode.FULL:
-            return
-        if status.rescan_running:
-            log.info("qgroups of pool %s are inconsistent; a rescan is already running", self._pool.root)
-            return
-        log.warning("qgroups of pool %s are inconsistent: starting a quota rescan", self._pool.root)
-        self._pool.rescan_quota()
-        self._metrics.actions.labels(ACTION_RESCAN).inc()
-
-    def _remove_stale_qgroups(self) -> None:
-        stale = stale_qgroups(self._pool)
-        self._metrics.stale_qgroups.set(len(stale))
-        if not stale:
-            return
-        removed = self._pool.remove_stale_qgroups()
-        for qgroupid in removed:
-            log.info("removed stale qgroup 0/%d from pool %s", qgroupid, self._pool.root)
-        left = sorted(set(stale) - set(removed))
-        if left:
-            log.info(
-                "%d stale qgroups of pool %s are still in use (the kernel refused them): %s",
-                len(left),
-                self._pool.root,
-                ", ".join(f"0/{q}" for q in left[:20]) + (" ..." if len(left) > 20 else ""),
-            )
-        self._metrics.stale_removed.inc(len(removed))
-        self._metrics.actions.labels(ACTION_REMOVE_STALE_QGROUP).inc(len(removed))
-
-    def _clear_staging(self) -> None:
-        # Safe against in-flight creates, snapshots and deletes: each holds the pool lock while its
-        # object sits in staging or under a hidden snapshot name, or marks it as its own trash, and
-        # clear_staging takes the same lock (tests/exporter/test_exporter_reconciler.py).
-        debris = self._pool.clear_staging()
-        self._metrics.debris_left.set(len(debris.left))
-        self._metrics.debris_errors.inc(len(debris.left))
-        if debris.removed:
-            log.warning("cleared %d debris entries of pool %s", debris.removed, self._pool.root)
-            self._metrics.actions.labels(ACTION_CLEAR_STAGING).inc(debris.removed)
-
-    def _release_vanished_volumes(self) -> None:
-        released = self._pool.release_vanished_volumes()
-        self._metrics.actions.labels(ACTION_RELEASE_VANISHED).inc(len(released))
-
-    def _repair_quotas(self) -> None:
-        repairs = self._pool.repair_quotas()
-        for action, count in (
-            (ACTION_MIGRATE_VOLUME, repairs.migrated),
-            (ACTION_RESTORE_QGROUP, repairs.qgroups_restored),
-            (ACTION_RESTORE_LIMIT, repairs.limits_restored),
-            (ACTION_REMOVE_ORPHAN_QGROUP, repairs.orphans_removed),
-        ):
-            self._metrics.actions.labels(action).inc(count)
+    def round_done(self) -> None:
+        self.rounds.inc()

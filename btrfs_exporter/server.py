@@ -28,24 +28,21 @@ from prometheus_client import CollectorRegistry
 from btrfs_core.pool import Pool
 from btrfs_exporter.collector import PoolCollector
 from btrfs_exporter.exposition import CONTENT_TYPE, render
-from btrfs_exporter.reconciler import DEFAULT_INTERVAL, Reconciler, ReconcilerMetrics
+from btrfs_exporter.reconciler import ReconcilerMetrics
 from btrfs_exporter.rpc import RpcMetrics, TransferMetrics
 
 
 @dataclass(frozen=True)
 class Metrics:
     """A pool's registry and the metric objects the csi server (`rpc`), the peer service (`transfers`)
-    and the reconciler write to."""
+    and the reconciler report to."""
 
     registry: CollectorRegistry
     pool: Pool
     collector: PoolCollector
     rpc: RpcMetrics
-    reconciler_metrics: ReconcilerMetrics
+    reconciler_metrics: ReconcilerMetrics  # the observer of the pool's Reconciler
     transfers: TransferMetrics
-
-    def reconciler(self, interval: float = DEFAULT_INTERVAL) -> Reconciler:
-        return Reconciler(self.pool, self.reconciler_metrics, interval)
 
 
 def build_registry(pool: Pool, driver_name: str, index: bool = True) -> Metrics:

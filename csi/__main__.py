@@ -16,6 +16,7 @@ from types import FrameType
 import grpc
 
 from btrfs_core.errors import BtrfsCoreError
+from btrfs_core.maintenance import Reconciler
 from btrfs_core.pool import Pool
 from btrfs_core.version import driver_version
 from btrfs_exporter.server import build_registry, start_metrics_server
@@ -117,7 +118,7 @@ def serve(config: Config) -> int:
             host, port = config.metrics_address
             print(f"btrfs-csi: refusing to start: --metrics-address {host}:{port}: {exc}", file=sys.stderr)
             return EXIT_REFUSED
-    reconciler = metrics.reconciler()
+    reconciler = Reconciler(pool, metrics.reconciler_metrics)
     reconciler.start()
     status = pool.stats.quota_status()
     log.info(

@@ -12,6 +12,7 @@ import pytest
 from btrfs_core import filesystem, ioctl, quota, subvolume, trees
 from btrfs_core.errors import BtrfsCoreError, InvalidArgument, KernelError, NotFound
 from btrfs_core.models import QgroupUsage, QuotaMode
+from btrfs_core.pool import Pool
 
 from .oracle import cli, qgroup_show, settle, subvolume_list, sysfs_quota_mode, write_random
 
@@ -204,6 +205,13 @@ def test_simple_quotas_have_no_rescan(btrfs_mount: Path) -> None:
     assert quota.status(btrfs_mount).mode is QuotaMode.SIMPLE
 
 
+def remove_stale(mount: Path) -> list[int]:
+    """What a reconciler round does about stale qgroups: those the pool finds, removed if the kernel
+    lets them go (a pool opened on the filesystem: its directories hold no subvolume)."""
+    pool = Pool.open(mount)
+    return pool.remove_stale_qgroups(pool.stale_qgroups())
+
+
 def test_full_mode_kernel_drops_a_deleted_subvolumes_qgroup(btrfs_mount: Path) -> None:
     quota.enable(btrfs_mount, QuotaMode.FULL)
     subvolume.create(btrfs_mount / "keep")
@@ -213,7 +221,7 @@ def test_full_mode_kernel_drops_a_deleted_subvolumes_qgroup(btrfs_mount: Path) -
     subvolume.delete(btrfs_mount / "gone")
     settle(btrfs_mount)
     assert gone not in quota.usage_all(btrfs_mount) and gone not in qgroup_show(btrfs_mount)
-    assert quota.remove_stale(btrfs_mount) == []
+    assert remove_stale(btrfs_mount) == []
     assert set(quota.usage_all(btrfs_mount)) == {5, subvolume.subvolume_id(btrfs_mount / "keep")}
 
 
@@ -237,7 +245,7 @@ def test_remove_stale_removes_only_qgroups_without_a_subvolume(btrfs_mount: Path
     assert set(qgroup_show(btrfs_mount)) == live | {source}
 
     # Still charged: the kernel refuses to destroy it (EBUSY), so nothing is removed yet.
-    assert quota.remove_stale(btrfs_mount) == []
+    assert remove_stale(btrfs_mount) == []
     assert set(quota.usage_all(btrfs_mount)) == live | {source}
 
     subvolume.delete(btrfs_mount / "holder")
@@ -246,10 +254,10 @@ def test_remove_stale_removes_only_qgroups_without_a_subvolume(btrfs_mount: Path
     assert set(quota.usage_all(btrfs_mount)) == live | {source}
     assert quota.usage_all(btrfs_mount)[source].referenced == 0
 
-    assert quota.remove_stale(btrfs_mount) == [source]
+    assert remove_stale(btrfs_mount) == [source]
     assert set(quota.usage_all(btrfs_mount)) == live
     assert set(qgroup_show(btrfs_mount)) == live
-    assert quota.remove_stale(btrfs_mount) == []
+    assert remove_stale(btrfs_mount) == []
 
 
 def test_usage_of_one_reads_only_its_own_items(btrfs_mount: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from btrfs_core import ioctl, quota
 from btrfs_core.errors import KernelError, NotFound
 from btrfs_core.fake import FakeBackend
 from btrfs_core.ioctl import error_from_os
@@ -103,22 +102,27 @@ def test_a_volume_without_metadata_is_still_not_ours(pool: tuple[Pool, FailingRe
     assert {volume.id for volume in pool_.list_volumes()} == {"pvc-ok", "pvc-damaged"}
 
 
+class RefusingDestroy(FakeBackend):
+    """The fake, each qgroup destroy failing with the errno `results` names for that qgroup."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.results: dict[int, int] = {}
+
+    def destroy_qgroup(self, qgroupid: int) -> None:
+        code = self.results[qgroupid]
+        raise error_from_os("qgroup destroy", f"qgroup 0/{qgroupid}", OSError(code, "injected"))
+
+
 @pytest.mark.parametrize("code", [errno.EIO, errno.EPERM], ids=errno.errorcode.get)
-def test_removing_stale_qgroups_raises_what_is_not_busy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
-) -> None:
+def test_removing_stale_qgroups_raises_what_is_not_busy(tmp_path: Path, code: int) -> None:
     """EBUSY (the cleaner has not dropped the subvolume yet) and ENOENT (gone) are left for the next
     round; any other failure is raised, not taken for one of them."""
-    monkeypatch.setattr(quota, "list_all", lambda path: {})
-    monkeypatch.setattr(quota, "usage_all", lambda path: dict.fromkeys([300, 301]))
-    results = {300: errno.EBUSY, 301: code}
-
-    def destroy(fd: int, request: int, arg: ioctl.QgroupCreateArgs, operation: str, target: str) -> None:
-        raise error_from_os(operation, target, OSError(results[arg.qgroupid], "injected"))
-
-    monkeypatch.setattr(ioctl, "call", destroy)
+    backend = RefusingDestroy(tmp_path)
+    pool = Pool.open(tmp_path, backend=backend)
+    backend.results = {300: errno.EBUSY, 301: code}
     with pytest.raises(KernelError) as raised:
-        quota.remove_stale(tmp_path)
+        pool.remove_stale_qgroups([300, 301])
     assert raised.value.errno == code
-    results[301] = errno.ENOENT
-    assert quota.remove_stale(tmp_path) == []
+    backend.results[301] = errno.ENOENT
+    assert pool.remove_stale_qgroups([300, 301]) == []

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from btrfs_core import filesystem, quota
+from btrfs_core.maintenance import Reconciler
 from btrfs_core.models import Algorithm, Compression, Snapshot, Source, SourceKind, TuningRequest, Volume
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
@@ -245,7 +246,7 @@ def test_inconsistent_flag_shows_and_clears_after_the_reconcilers_rescan(btrfs_m
     make_inconsistent(btrfs_mount, volume.subvolume_id)
     assert samples(metrics.registry)["btrfs_csi_pool_qgroups_inconsistent"] == {labels(): 1}
 
-    metrics.reconciler().run_once()
+    Reconciler(pool, metrics.reconciler_metrics).run_once()
     assert metrics.registry.get_sample_value("btrfs_csi_reconciler_actions_total", {"action": "rescan"}) == 1
     wait_consistent(pool)
     assert samples(metrics.registry)["btrfs_csi_pool_qgroups_inconsistent"] == {labels(): 0}

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from btrfs_core import filesystem
+from btrfs_core.maintenance import Reconciler
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from tests.exporter.helpers import exposition, pvc, require, write_file
@@ -32,7 +33,7 @@ def test_exposition_passes_promtool_check_metrics(pool: Pool, library: bool) -> 
     write_file(pool.volume_path(volume.id) / "f", MiB)
     pool.create_snapshot("snap", volume.id)
     filesystem.sync(pool.root)
-    metrics.reconciler().run_once()
+    Reconciler(pool, metrics.reconciler_metrics).run_once()
     for method, code in (
         ("CreateVolume", "OK"),
         ("DeleteVolume", "NOT_FOUND"),

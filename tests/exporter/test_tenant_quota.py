@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry
 from btrfs_core import filesystem, quota
 from btrfs_core.backend import KernelBackend
 from btrfs_core.errors import KernelError
+from btrfs_core.maintenance import Reconciler
 from btrfs_core.models import QuotaMode
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
-from btrfs_exporter.reconciler import Reconciler
 from tests.conftest import kernel_skip_reason
 from tests.exporter.helpers import btrfs
 from tests.support import loop_pool
@@ -46,7 +46,7 @@ class Node:
         self.pool = Pool.open(mount, quota_mode=mode)
         metrics = build_registry(self.pool, DRIVER)
         self.registry: CollectorRegistry = metrics.registry
-        self.reconciler: Reconciler = metrics.reconciler()
+        self.reconciler = Reconciler(self.pool, metrics.reconciler_metrics)
 
     def repair(self) -> None:
         """A reconciler round and a nested-subvolume scan, then the rescan they started (full)."""
