@@ -3,11 +3,11 @@
     sudo python -m bench.bench_quota        (from the repository root; or python bench/bench_quota.py)
 
 Measures, on a loop-device pool made for the run:
-  - `Pool.reparent_nested()` with nothing to do (what the reconciler runs every 5 s): the window in which
+  - `Pool.upkeep.reparent_nested()`, nothing to do (what the reconciler runs every 5 s): the window in which
     a nested subvolume made under full qgroups escapes its volume's limit is this interval plus one scan;
   - the same scan when 100 nested subvolumes (one in each of 100 volumes) joined no qgroup, which it
     moves, and the rescan full qgroups then need;
-  - `Pool.repair_quotas()` with nothing to repair (every reconciler round, 60 s).
+  - `Pool.upkeep.repair_quotas()` with nothing to repair (every reconciler round, 60 s).
 Exits 1 when a quiet scan takes longer than SCAN_TARGET_MS. Removes its pool, also on failure.
 """
 
@@ -47,8 +47,8 @@ def bench(mode: QuotaMode) -> float:
         for i in range(VOLUMES):
             pool.create_volume(f"v{i:04d}", MIN_VOLUME_BYTES)
         quota.wait_rescan(mount)
-        quiet = median_ms(pool.reparent_nested, 21)
-        repair = median_ms(pool.repair_quotas, 5)
+        quiet = median_ms(pool.upkeep.reparent_nested, 21)
+        repair = median_ms(pool.upkeep.repair_quotas, 5)
         for i in range(NESTED):
             # An empty qgroup_inherit is what a hostile pod passes; the bench, as root, simply makes
             # the subvolume and then takes it out of the qgroup it joined (simple quotas) or none.
@@ -58,7 +58,7 @@ def bench(mode: QuotaMode) -> float:
                 quota.assign(mount, subvolume.subvolume_id(path), parent, assign=False)
         quota.wait_rescan(mount)
         started = time.perf_counter_ns()
-        scan = pool.reparent_nested()
+        scan = pool.upkeep.reparent_nested()
         moved = (time.perf_counter_ns() - started) / 1e6
         rescan = ms(lambda: quota.wait_rescan(mount))
         assert scan.repaired == NESTED, scan

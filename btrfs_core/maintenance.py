@@ -1,25 +1,25 @@
-"""The reconciler: a background thread that keeps a pool's quota accounting and staging area clean.
+"""The reconciler: a background thread that keeps a pool's quota accounting and staging area clean,
+running the pool's upkeep (`Pool.upkeep`, btrfs_core/upkeep.py).
 
 Each round, every `interval` seconds (60 by default):
 
 1. Inconsistent qgroups (full qgroups only; deleting big subvolumes can cause it, and then limits are
    not enforced): start a rescan unless one runs. Simple quotas have no rescan (the kernel refuses
    it, logging "qgroup rescan init failed, running in simple mode"), so none is tried there.
-2. Stale qgroups (`Pool.stale_qgroups()`): count them, and remove those the kernel lets go (the
-   others answer EBUSY and are counted again next time).
-3. Crash debris (staging entries, half-made snapshots): `Pool.clear_staging()`. An entry that resists
-   is logged and left for the next round.
+2. Stale qgroups (`stale_qgroups()`): count them, and remove those the kernel lets go (the others
+   answer EBUSY and are counted again next time).
+3. Crash debris (staging entries, half-made snapshots): `clear_staging()`. An entry that resists is
+   logged and left for the next round.
 4. Volumes deleted behind the driver's back (a subvolume deleted by hand): their capacity is released
-   (`Pool.release_vanished_volumes()`), or it would stay promised until a restart.
-5. Volume quotas (`Pool.repair_quotas()`): the capacity in each volume's metadata is the truth. A
-   level-1 qgroup that is gone (quotas turned off and on again) is recreated, a limit that differs
+   (`release_vanished_volumes()`), or it would stay promised until a restart.
+5. Volume quotas (`repair_quotas()`): the capacity in each volume's metadata is the truth. A level-1
+   qgroup that is gone (quotas turned off and on again) is recreated, a limit that differs
    (`btrfs qgroup limit none` by hand) is set again, a volume made before level-1 qgroups is migrated,
    and level-1 qgroups of the driver that no volume names are removed. The first round runs at
    start-up, so start-up repairs and migrates.
 
-Between rounds, every `nested_interval` seconds (5 by default), `Pool.reparent_nested()` finds
-subvolumes a pod made inside its volume that are not in exactly the volume's level-1 qgroup and moves
-them there.
+Between rounds, every `nested_interval` seconds (5 by default), `reparent_nested()` finds subvolumes a
+pod made inside its volume that are not in exactly the volume's level-1 qgroup and moves them there.
 
 Every action is logged and told to the observer (the exporter counts them); a step that fails is
 logged with its traceback and told to the observer, never raised: the next round tries again.
@@ -133,7 +133,7 @@ class Reconciler:
     def scan_nested(self) -> None:
         """Moves subvolumes nested in volumes into their volume's qgroup; failures logged and reported."""
         try:
-            scan = self._pool.reparent_nested()
+            scan = self._pool.upkeep.reparent_nested()
         except Exception:
             self._observer.step_failed("nested_subvolumes")
             log.exception("reconciler step nested_subvolumes failed on pool %s", self._pool.root)
@@ -167,15 +167,15 @@ class Reconciler:
             log.info("qgroups of pool %s are inconsistent; a rescan is already running", self._pool.root)
             return
         log.warning("qgroups of pool %s are inconsistent: starting a quota rescan", self._pool.root)
-        self._pool.rescan_quota()
+        self._pool.upkeep.rescan_quota()
         self._observer.repaired(ACTION_RESCAN, 1)
 
     def _remove_stale_qgroups(self) -> None:
-        stale = self._pool.stale_qgroups()
+        stale = self._pool.upkeep.stale_qgroups()
         self._observer.stale_qgroups(len(stale))
         if not stale:
             return
-        removed = self._pool.remove_stale_qgroups(stale)
+        removed = self._pool.upkeep.remove_stale_qgroups(stale)
         for qgroupid in removed:
             log.info("removed stale qgroup 0/%d from pool %s", qgroupid, self._pool.root)
         left = sorted(set(stale) - set(removed))
@@ -192,18 +192,18 @@ class Reconciler:
         # Safe against in-flight creates, snapshots and deletes: each holds the pool lock while its
         # object sits in staging or under a hidden snapshot name, or marks it as its own trash, and
         # clear_staging takes the same lock (tests/core/test_reconciler.py).
-        debris = self._pool.clear_staging()
+        debris = self._pool.upkeep.clear_staging()
         self._observer.debris_left(len(debris.left))
         if debris.removed:
             log.warning("cleared %d debris entries of pool %s", debris.removed, self._pool.root)
             self._observer.repaired(ACTION_CLEAR_STAGING, debris.removed)
 
     def _release_vanished_volumes(self) -> None:
-        released = self._pool.release_vanished_volumes()
+        released = self._pool.upkeep.release_vanished_volumes()
         self._observer.repaired(ACTION_RELEASE_VANISHED, len(released))
 
     def _repair_quotas(self) -> None:
-        repairs = self._pool.repair_quotas()
+        repairs = self._pool.upkeep.repair_quotas()
         for action, count in (
             (ACTION_MIGRATE_VOLUME, repairs.migrated),
             (ACTION_RESTORE_QGROUP, repairs.qgroups_restored),

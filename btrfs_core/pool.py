@@ -6,7 +6,6 @@ debris that opening the pool removes. Every mutating call commits the transactio
 """
 
 import contextlib
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -24,8 +23,6 @@ from btrfs_core.models import (
     NO_TUNING,
     QUOTA_MODE_SETTINGS,
     Compression,
-    NestedScan,
-    QuotaRepairs,
     Snapshot,
     Source,
     SourceKind,
@@ -36,13 +33,13 @@ from btrfs_core.models import (
 from btrfs_core.qgroups import VolumeQgroups
 from btrfs_core.shared import PoolShared
 from btrfs_core.snapshots import Snapshots, refuse_nested
-from btrfs_core.staging import Debris, Staging
+from btrfs_core.staging import Staging
 from btrfs_core.stats import PoolStats
 from btrfs_core.transfer import Transfers
 from btrfs_core.tuning import VolumeTuning, check_same_tuning, resolve_tuning
+from btrfs_core.upkeep import PoolUpkeep
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 class Pool:
@@ -81,6 +78,7 @@ class Pool:
             self._health,
             self._build_volume,
         )
+        self.upkeep = PoolUpkeep(shared, self._staging, self._qgroups, self._capacities, self.list_volume_ids)
 
     @classmethod
     def open(
@@ -116,7 +114,7 @@ class Pool:
             for directory in (pool.volumes_dir, pool.snapshots_dir, pool.staging_dir):
                 fs.make_directory(directory)
             pool._qgroups.ensure_quota(quota_mode)
-            pool.clear_staging()
+            pool.upkeep.clear_staging()
         except BaseException:
             pool.close()
             raise
@@ -295,15 +293,6 @@ class Pool:
         with self._lock:
             return self._capacities.available()
 
-    def release_vanished_volumes(self) -> list[str]:
-        """Forgets the capacity of volumes deleted behind the driver's back (a subvolume deleted by
-        hand): it is free again. Returns their ids."""
-        with self._lock:
-            gone = self._capacities.release_vanished(self._ids(self.volumes_dir))
-        for volume_id in gone:
-            log.warning("volume %s was deleted behind the driver's back: its capacity is released", volume_id)
-        return gone
-
     def delete_volume(self, volume_id: str) -> None:
         """Deletes a volume and anything nested in it; its snapshots live on. Absent is fine.
 
@@ -398,41 +387,3 @@ class Pool:
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._snapshots.delete(snapshot_id)
-
-    # housekeeping
-
-    def clear_staging(self) -> Debris:
-        """Removes whatever a crash left (see Staging.clear)."""
-        with self._lock:
-            debris = self._staging.clear()
-        if debris.removed:
-            self._commit.commit()
-        return debris
-
-    def stale_qgroups(self) -> list[int]:
-        """Level-0 qgroups whose subvolume is gone (see VolumeQgroups.stale), for the count and for
-        remove_stale_qgroups: the quota tree read once."""
-        return self._qgroups.stale()
-
-    def remove_stale_qgroups(self, stale: Iterable[int]) -> list[int]:
-        """Removes those of the stale qgroups the kernel lets go; returns them."""
-        removed = self._qgroups.remove_stale(stale)
-        if removed:
-            self._commit.commit()
-        return removed
-
-    def rescan_quota(self) -> None:
-        """Rescans full qgroup accounting; simple quotas have nothing to rescan."""
-        self._qgroups.rescan()
-
-    def repair_quotas(self) -> QuotaRepairs:
-        """Makes every volume's quota what its metadata says (see VolumeQgroups.repair)."""
-        return self._qgroups.repair(self._migrated)
-
-    def _migrated(self, volume: Volume, group: int) -> None:
-        self._capacities.migrated(volume.id, volume.capacity, group)
-
-    def reparent_nested(self) -> NestedScan:
-        """Puts every subvolume at or below a volume into that volume's level-1 qgroup (see
-        VolumeQgroups.reparent_nested)."""
-        return self._qgroups.reparent_nested()

@@ -398,14 +398,14 @@ def test_each_volume_has_its_own_level1_qgroup_that_carries_the_limit(pool: Pool
     assert pool.stats.volume_usage("v") == backend.usage(volume.qgroup)
     usage = pool.stats.volumes_usage(pool.list_volumes())
     assert usage == {"c": backend.usage(clone.qgroup), "v": pool.stats.volume_usage("v")}
-    assert pool.repair_quotas() == QuotaRepairs() and pool.reparent_nested() == NestedScan(0, 0)
+    assert pool.upkeep.repair_quotas() == QuotaRepairs() and pool.upkeep.reparent_nested() == NestedScan(0, 0)
     pool.delete_volume("v")
 
     def removed() -> bool:
         # The kernel refuses to destroy it until its cleaner, which a commit wakes, has dropped the
         # subvolume; repair retries.
         backend.sync()
-        pool.repair_quotas()
+        pool.upkeep.repair_quotas()
         return volume.qgroup not in backend.group_usage_all()
 
     eventually(removed, "the volume's qgroup removed", interval=0.05)
@@ -421,7 +421,7 @@ def test_subvolumes_nested_in_a_volume_are_moved_into_its_qgroup(pool: Pool, bac
     backend.create_subvolume(path / "deep" / "er" / "stolen", qgroup=neighbour.qgroup)
     backend.create_subvolume(path / "plain" / "inner")
     backend.snapshot(path / "plain", path / "copy", readonly=True)
-    scan = pool.reparent_nested()
+    scan = pool.upkeep.reparent_nested()
     volumes = {volume.subvolume_id, neighbour.subvolume_id}
     nested = [s for s in backend.subvolume_parents() if s not in volumes]
     assert len(nested) == 4
@@ -430,16 +430,16 @@ def test_subvolumes_nested_in_a_volume_are_moved_into_its_qgroup(pool: Pool, bac
     relations = backend.qgroup_relations()
     assert all(relations[s] == {volume.qgroup} for s in nested)
     assert relations[neighbour.subvolume_id] == {neighbour.qgroup}
-    assert pool.reparent_nested() == NestedScan(0, 0)
+    assert pool.upkeep.reparent_nested() == NestedScan(0, 0)
 
 
 def test_limits_removed_by_hand_come_back(pool: Pool, backend: Backends) -> None:
     volume = pool.create_volume("v", 8 * MiB)
     backend.set_limit(volume.qgroup, None)
     backend.set_limit(volume.subvolume_id, 64 * MiB)
-    assert pool.repair_quotas() == QuotaRepairs(limits_restored=1)
+    assert pool.upkeep.repair_quotas() == QuotaRepairs(limits_restored=1)
     assert backend.usage(volume.qgroup).limit == 8 * MiB and backend.usage(volume.subvolume_id).limit is None
-    assert pool.repair_quotas() == QuotaRepairs()
+    assert pool.upkeep.repair_quotas() == QuotaRepairs()
 
 
 @pytest.mark.parametrize("wanted", ["auto", "full"])
@@ -451,8 +451,8 @@ def test_quotas_disabled_come_back_with_mode_qgroups_and_limits(
     disable_quota(backend)
     reopened = Pool.open(pool.root, wanted, backend=backend)
     assert reopened.stats.quota_status().mode is (mode if wanted == "auto" else QuotaMode(wanted))
-    assert reopened.repair_quotas() == QuotaRepairs(qgroups_restored=1, limits_restored=1)
-    assert reopened.reparent_nested() == NestedScan(1, 1)
+    assert reopened.upkeep.repair_quotas() == QuotaRepairs(qgroups_restored=1, limits_restored=1)
+    assert reopened.upkeep.reparent_nested() == NestedScan(1, 1)
     assert backend.qgroup_relations()[volume.subvolume_id] == {volume.qgroup}
     assert reopened.stats.volume_usage("v").limit == 8 * MiB
 
@@ -470,8 +470,8 @@ def test_volumes_of_the_old_shape_are_migrated_once(pool: Pool, backend: Backend
     backend.create_qgroup(quota.LEVEL1 | 42)  # an operator's own: not the driver's to remove
     assert pool.get_volume("old").qgroup == old  # usage still reads the limit where it is
     assert pool.stats.volume_usage("old").limit == 8 * MiB
-    assert pool.repair_quotas() == QuotaRepairs(migrated=1, limits_restored=1, orphans_removed=1)
-    assert pool.reparent_nested() == NestedScan(1, 1)  # the cut one's subvolume, not assigned yet
+    assert pool.upkeep.repair_quotas() == QuotaRepairs(migrated=1, limits_restored=1, orphans_removed=1)
+    assert pool.upkeep.reparent_nested() == NestedScan(1, 1)  # the cut one's subvolume, not assigned yet
     migrated = pool.get_volume("old")
     assert migrated.qgroup >= quota.LEVEL1 | 1 << 47 and pool.get_volume("cut").qgroup == group
     relations = backend.qgroup_relations()
@@ -479,7 +479,7 @@ def test_volumes_of_the_old_shape_are_migrated_once(pool: Pool, backend: Backend
     assert pool.stats.volume_usage("old").limit == 8 * MiB and pool.stats.volume_usage("cut").limit == 4 * MiB
     assert backend.usage(old).limit is None and backend.usage(cut).limit is None
     assert set(backend.group_usage_all()) == {migrated.qgroup, group, quota.LEVEL1 | 42}
-    assert pool.repair_quotas() == QuotaRepairs() and pool.reparent_nested() == NestedScan(0, 0)
+    assert pool.upkeep.repair_quotas() == QuotaRepairs() and pool.upkeep.reparent_nested() == NestedScan(0, 0)
 
 
 def make_old_volume(pool: Pool, backend: Backends, name: str, capacity: int) -> int:

@@ -100,7 +100,7 @@ def test_killed_before_rename_leaves_no_volume_and_open_clears_the_debris(btrfs_
     assert set(qgroup_show(btrfs_mount)) == {5, volume.subvolume_id}
     assert qgroup_show(btrfs_mount, 1)[volume.qgroup].max_referenced == 32 * MiB
     # The half-made volume's qgroup outlives its subvolume until repair_quotas removes it.
-    assert reopened.repair_quotas().orphans_removed == 1
+    assert reopened.upkeep.repair_quotas().orphans_removed == 1
     assert set(qgroup_show(btrfs_mount, 1)) == {volume.qgroup}
 
 
@@ -113,7 +113,7 @@ def test_killed_between_the_qgroup_and_the_subvolume_leaves_an_orphan_that_repai
     restarted = Pool.open(btrfs_mount)
     assert restarted.list_volumes() == [] and os.listdir(restarted.staging_dir) == []
     assert set(qgroup_show(btrfs_mount, 1)) == {orphan}
-    assert restarted.repair_quotas().orphans_removed == 1
+    assert restarted.upkeep.repair_quotas().orphans_removed == 1
     assert qgroup_show(btrfs_mount, 1) == {}
     volume = restarted.create_volume("pvc-early", 8 * MiB)
     assert set(qgroup_show(btrfs_mount, 1)) == {volume.qgroup}

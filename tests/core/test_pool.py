@@ -429,7 +429,7 @@ def test_hostile_names_and_ids_are_refused_before_touching_the_filesystem(
 
 def test_rescan_quota_is_harmless_under_simple_quotas(btrfs_mount: Path) -> None:
     pool = Pool.open(btrfs_mount, quota_mode="simple")
-    pool.rescan_quota()  # the kernel has no rescan for simple quotas (EINVAL): nothing to do
+    pool.upkeep.rescan_quota()  # the kernel has no rescan for simple quotas (EINVAL): nothing to do
     assert pool.stats.quota_status().mode is QuotaMode.SIMPLE
 
 

@@ -209,7 +209,7 @@ def remove_stale(mount: Path) -> list[int]:
     """What a reconciler round does about stale qgroups: those the pool finds, removed if the kernel
     lets them go (a pool opened on the filesystem: its directories hold no subvolume)."""
     pool = Pool.open(mount)
-    return pool.remove_stale_qgroups(pool.stale_qgroups())
+    return pool.upkeep.remove_stale_qgroups(pool.upkeep.stale_qgroups())
 
 
 def test_full_mode_kernel_drops_a_deleted_subvolumes_qgroup(btrfs_mount: Path) -> None:

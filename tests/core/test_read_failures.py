@@ -122,7 +122,7 @@ def test_removing_stale_qgroups_raises_what_is_not_busy(tmp_path: Path, code: in
     pool = Pool.open(tmp_path, backend=backend)
     backend.results = {300: errno.EBUSY, 301: code}
     with pytest.raises(KernelError) as raised:
-        pool.remove_stale_qgroups([300, 301])
+        pool.upkeep.remove_stale_qgroups([300, 301])
     assert raised.value.errno == code
     backend.results[301] = errno.ENOENT
-    assert pool.remove_stale_qgroups([300, 301]) == []
+    assert pool.upkeep.remove_stale_qgroups([300, 301]) == []
