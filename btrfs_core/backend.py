@@ -23,6 +23,7 @@ class Backend(Protocol):
     def write_xattr(self, path: Path, name: str, value: bytes) -> None: ...
     def remove_xattr(self, path: Path, name: str) -> None: ...  # absent is fine
     def list_dir(self, path: Path) -> list[str]: ...
+    def scan_dir(self, path: Path) -> list[tuple[str, int]]: ...  # (name, d_ino) of each entry
     def exists(self, path: Path) -> bool: ...  # anything at path, a dangling symlink too
     def make_directory(self, path: Path) -> None: ...  # mode 0700; one that exists is fine
     def remove_entry(self, path: Path) -> None: ...  # a file, symlink or plain directory tree
@@ -77,6 +78,9 @@ class PlainFiles:
 
     def list_dir(self, path: Path) -> list[str]:
         return filesystem.list_dir(path)
+
+    def scan_dir(self, path: Path) -> list[tuple[str, int]]:
+        return filesystem.scan_dir(path)
 
     def exists(self, path: Path) -> bool:
         return os.path.lexists(path)

@@ -89,6 +89,15 @@ def list_dir(path: Path) -> list[str]:
         raise error_from_os("list", str(path), exc) from None
 
 
+def scan_dir(path: Path) -> list[tuple[str, int]]:
+    """Each entry's name and d_ino (on btrfs a subvolume's d_ino is its id), from the directory alone."""
+    try:
+        with os.scandir(path) as entries:
+            return [(entry.name, entry.inode()) for entry in entries]
+    except OSError as exc:
+        raise error_from_os("list", str(path), exc) from None
+
+
 def make_directory(path: Path) -> None:
     try:
         path.mkdir(mode=0o700, exist_ok=True)

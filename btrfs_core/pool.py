@@ -19,6 +19,7 @@ from btrfs_core.capacity import Capacities, capacity_for, check_capacity, check_
 from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import BtrfsCoreError, CapacityOutOfRange, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
+from btrfs_core.index import DirectoryIndex
 from btrfs_core.models import (
     NO_TUNING,
     QUOTA_MODE_SETTINGS,
@@ -40,6 +41,7 @@ from btrfs_core.tuning import VolumeTuning, check_same_tuning, resolve_tuning
 from btrfs_core.upkeep import PoolUpkeep
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 
 class Pool:
@@ -172,6 +174,11 @@ class Pool:
     def list_volumes(self, ids: Iterable[str] | None = None) -> list[Volume]:
         """Every volume, or those of `ids` that exist (in that order)."""
         return self._list(self.volumes_dir, self._meta.volume, ids)
+
+    def volume_index(self, derive: Callable[[Volume], D]) -> DirectoryIndex[Volume, D]:
+        """The volumes, each read once for many listings (see DirectoryIndex), with what `derive`
+        makes of each."""
+        return DirectoryIndex(self._fs, self.volumes_dir, self.get_volume, derive)
 
     def create_volume(
         self,
@@ -380,6 +387,9 @@ class Pool:
 
     def list_snapshots(self, ids: Iterable[str] | None = None) -> list[Snapshot]:
         return self._list(self.snapshots_dir, self._meta.snapshot, ids)
+
+    def snapshot_index(self, derive: Callable[[Snapshot], D]) -> DirectoryIndex[Snapshot, D]:
+        return DirectoryIndex(self._fs, self.snapshots_dir, self.get_snapshot, derive)
 
     def create_snapshot(self, name: str, source_volume_id: str) -> Snapshot:
         """A read-only snapshot of a volume. Idempotent by name; another source is AlreadyExists."""

@@ -9,15 +9,12 @@ volume's tuning as labels, to join with the byte families on volume_id.
 
 Listing the pool reads every object's metadata (an xattr and a subvolume-info ioctl each): measured
 here, 45 ms at 1,000 volumes and 0.6 s at 10,000, ten times the quota-tree search. So the collector
-keeps an index of the pool's directories: one `scandir` per directory per scrape (~0.6 µs an entry),
-and only entries not seen before are read through the Pool API. On btrfs the d_ino of a directory
-entry that is a subvolume is the subvolume id, so d_ino and name identify one subvolume: a volume
-deleted and re-created under the same name has a new id and is read again. What the index keeps
-(subvolume id, PVC name and namespace, a snapshot's source, the rendered labels) never changes during
-an object's life, but for a volume's tuning, which ControllerModifyVolume changes: when the pool's
-count of such changes moves, the volumes are read again (one slow scrape per change, and changes are
-rare). Usage and limits always come fresh from the quota tree. Unlike a cache keyed on the
-directory's mtime, this cannot miss two changes within one timestamp tick (mtime is coarse, ~4 ms).
+keeps the pool's indexes (`Pool.volume_index`, btrfs_core/index.py): one directory scan per scrape,
+and only objects not seen before are read. What the index keeps (subvolume id, PVC name and
+namespace, a snapshot's source, the rendered labels) never changes during an object's life, but for a
+volume's tuning, which ControllerModifyVolume changes: when the pool's count of such changes moves,
+the volumes are read again (one slow scrape per change, and changes are rare). Usage and limits
+always come fresh from the quota tree.
 
 The per-volume families are written by `exposition.render`, not prometheus_client's generate_latest,
 which costs ~5 µs a sample (see bench/bench_scrape.py for the numbers).
@@ -27,15 +24,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Generic, Protocol, TypeVar
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from btrfs_core.errors import InvalidArgument, NotFound
+from btrfs_core.index import DirectoryIndex
 from btrfs_core.models import PVC_NAME_KEY, PVC_NAMESPACE_KEY, QgroupUsage, QuotaMode, Snapshot, Volume
 from btrfs_core.pool import Pool
 from btrfs_core.version import driver_version
@@ -52,58 +47,6 @@ VOLUME_LABELS = ("pvc_name", "pvc_namespace", "volume_id")  # sorted, as the tex
 VOLUME_INFO_LABELS = ("compression", "nodatacow", *VOLUME_LABELS)
 SNAPSHOT_LABELS = ("snapshot_id", "source_volume_id")
 BUILD_LABELS = ("version", "driver_name", "kernel")
-
-
-class _Subvolume(Protocol):
-    @property
-    def subvolume_id(self) -> int: ...
-
-
-S = TypeVar("S", bound=_Subvolume)
-
-
-class DirectoryIndex(Generic[S]):
-    """The objects of one pool directory with their labels, each read once, by d_ino and entry name.
-
-    `refresh()` scans the directory and reads only entries it has not seen; entries that are gone
-    are dropped. An object is remembered only when the entry's d_ino is its subvolume id (always so
-    on btrfs), which proves the entry still names the same subvolume; elsewhere (the in-memory fake
-    backend) every refresh reads everything. Entries that cannot be read as objects (not ours, or
-    vanished meanwhile) are skipped and tried again at the next refresh.
-    """
-
-    def __init__(self, directory: Path, read: Callable[[str], S], labels: Callable[[S], LabelSet]) -> None:
-        self._directory = directory
-        self._read = read
-        self._labels = labels
-        self._known: dict[int, tuple[str, tuple[S, LabelSet]]] = {}  # d_ino -> (entry name, object)
-
-    def forget(self) -> None:
-        """The next refresh reads every object again."""
-        self._known = {}
-
-    def refresh(self) -> list[tuple[S, LabelSet]]:
-        previous = self._known
-        known: dict[int, tuple[str, tuple[S, LabelSet]]] = {}
-        found: list[tuple[S, LabelSet]] = []
-        with os.scandir(self._directory) as entries:
-            for entry in entries:
-                name, ino = entry.name, entry.inode()
-                remembered = previous.get(ino)
-                if remembered is not None and remembered[0] == name:
-                    known[ino] = remembered
-                    found.append(remembered[1])
-                    continue
-                try:
-                    obj = self._read(name)
-                except (NotFound, InvalidArgument):
-                    continue
-                item = (obj, self._labels(obj))
-                found.append(item)
-                if obj.subvolume_id == ino:  # else not provably the same subvolume next time
-                    known[ino] = (name, item)
-        self._known = known
-        return found
 
 
 def volume_labels(volume: Volume) -> LabelSet:
@@ -136,11 +79,11 @@ class PoolCollector(Collector):
         self._pool = pool
         self._build_labels = (driver_version(), driver_name, os.uname().release)
         self._lock = threading.Lock()  # scrapes may run concurrently; the indexes are not thread-safe
-        self._volumes: DirectoryIndex[Volume] | None = None
-        self._snapshots: DirectoryIndex[Snapshot] | None = None
+        self._volumes: DirectoryIndex[Volume, LabelSet] | None = None
+        self._snapshots: DirectoryIndex[Snapshot, LabelSet] | None = None
         if index:
-            self._volumes = DirectoryIndex(pool.volumes_dir, pool.get_volume, volume_labels)
-            self._snapshots = DirectoryIndex(pool.snapshots_dir, pool.get_snapshot, snapshot_labels)
+            self._volumes = pool.volume_index(volume_labels)
+            self._snapshots = pool.snapshot_index(snapshot_labels)
         self._errors = 0
         self._last_duration = 0.0
         self._tuning_changes = pool.tuning_changes
