@@ -134,7 +134,7 @@ def main() -> int:
             b.delete_volume(name)
             times["parser"].append(seconds(lambda: parser_round(snapshot_path, scratch / "data")))
             (scratch / "data").unlink()
-            b.clear_staging()
+            b.upkeep.clear_staging()
         os.rmdir(scratch)
     medians = {what: statistics.median(samples) for what, samples in times.items()}
     for what, median in medians.items():

@@ -141,7 +141,7 @@ def test_the_staging_clean_up_leaves_a_send_in_progress_alone(pools: Pools) -> N
     class CleaningSink(io.BytesIO):
         def write(self, data: bytes) -> int:  # type: ignore[override]
             if not cleanups:
-                cleanups.append(pools.a.clear_staging())  # what the reconciler does every few seconds
+                cleanups.append(pools.a.upkeep.clear_staging())  # what the reconciler does every few seconds
             return super().write(data)
 
     out = CleaningSink()
@@ -226,7 +226,7 @@ def check_made_like_a_restore(pool: Pool, volume: Volume, capacity: int) -> None
     assert volume.capacity == capacity
     assert volume.qgroup >> 48 == 1
     assert qgroup_show(pool.root, 1)[volume.qgroup].max_referenced == capacity
-    assert pool.volume_usage(volume.id).limit == capacity
+    assert pool.stats.volume_usage(volume.id).limit == capacity
     assert volume.qgroup in subvolume_parents_qgroups(pool.root, volume.subvolume_id)
     assert os.listdir(pool.staging_dir) == []
     assert not subvolume.info(pool.volume_path(volume.id)).readonly
