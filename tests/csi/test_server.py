@@ -417,11 +417,14 @@ def request(name: str) -> csi_pb2.CreateVolumeRequest:
     )
 
 
-def test_probe_fails_when_the_pool_breaks(fake_pool: Pool, socket_dir: Path) -> None:
+def test_probe_fails_when_the_pool_breaks(
+    fake_pool: Pool, socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def gone() -> Any:
         raise OSError(5, "Input/output error")
 
-    client, stop = serve(PoolWrapper(fake_pool, quota_status=gone), socket_dir)
+    monkeypatch.setattr(fake_pool.stats, "quota_status", gone)
+    client, stop = serve(fake_pool, socket_dir)
     try:
         assert code_of(client.identity.Probe, csi_pb2.ProbeRequest()) == grpc.StatusCode.FAILED_PRECONDITION
     finally:
