@@ -28,7 +28,8 @@ from typing import Protocol
 
 from btrfs_core.errors import AlreadyExists, CapacityOutOfRange, InsufficientCapacity, NotFound
 from btrfs_core.metadata import MetadataStore, group_of
-from btrfs_core.models import PoolSpace, Source, SubvolumeInfo, Volume
+from btrfs_core.models import PoolSpace, Source, SubvolumeInfo, TuningRequest, Volume
+from btrfs_core.tuning import check_same_tuning
 
 MIN_VOLUME_BYTES = 1 << 20
 DEFAULT_VOLUME_BYTES = 1 << 30  # the capacity of an empty volume asked for without required_bytes
@@ -143,7 +144,28 @@ def capacity_for(required: int, limit: int, source: Source | None, size: int) ->
     return capacity
 
 
-def check_same_volume(
+def existing_volume(
+    meta: MetadataStore,
+    path: Path,
+    name: str,
+    required: int,
+    limit: int,
+    source: Source | None,
+    metadata: dict[str, str],
+    tuning: TuningRequest,
+) -> Volume | None:
+    """What a create (or a receive) of volume `name` finds at path, under the pool's lock: None when the
+    name is free, the volume when it answers the request (a retry), else AlreadyExists.
+    CapacityOutOfRange for a range no volume satisfies."""
+    check_range(required, limit)
+    existing = meta.existing(path, meta.volume)
+    if existing is not None:
+        _check_same_volume(existing, name, required, limit, source, metadata)
+        check_same_tuning(existing, tuning, source is not None)
+    return existing
+
+
+def _check_same_volume(
     existing: Volume, name: str, required: int, limit: int, source: Source | None, metadata: dict[str, str]
 ) -> None:
     """Refuses (AlreadyExists) a request for an existing volume that the volume does not satisfy."""

@@ -15,7 +15,7 @@ from typing import TypeVar
 from btrfs_core import filesystem, ids, metadata
 from btrfs_core.backend import Backend, KernelBackend
 from btrfs_core.capacity import MIN_VOLUME_BYTES as MIN_VOLUME_BYTES
-from btrfs_core.capacity import Capacities, capacity_for, check_capacity, check_range, check_same_volume
+from btrfs_core.capacity import Capacities, capacity_for, check_capacity, existing_volume
 from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import BtrfsCoreError, CapacityOutOfRange, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
@@ -37,7 +37,7 @@ from btrfs_core.snapshots import Snapshots, refuse_nested
 from btrfs_core.staging import Staging
 from btrfs_core.stats import PoolStats
 from btrfs_core.transfer import Transfers
-from btrfs_core.tuning import VolumeTuning, check_same_tuning, resolve_tuning
+from btrfs_core.tuning import VolumeTuning, resolve_tuning
 from btrfs_core.upkeep import PoolUpkeep
 
 T = TypeVar("T")
@@ -197,15 +197,12 @@ class Pool:
         the range is the answer; any other volume under the same name raises AlreadyExists.
         """
         volume_id = self.volume_id(name)
-        check_range(required, limit)
         wanted = dict(metadata or {})
         asked = tuning or TuningRequest()
         with self._lock:
-            existing = self._meta.existing(self.volumes_dir / volume_id, self._meta.volume)
-            if existing is not None:
-                check_same_volume(existing, name, required, limit, source, wanted)
-                check_same_tuning(existing, asked, source is not None)
-            else:
+            path = self.volumes_dir / volume_id
+            existing = existing_volume(self._meta, path, name, required, limit, source, wanted, asked)
+            if existing is None:
                 size, base = self._source_of(source) if source is not None else (0, NO_TUNING)
                 capacity = capacity_for(required, limit, source, size)
                 tuned = resolve_tuning(asked, base, f"{source.kind.value} {source.id}" if source else name)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from btrfs_core import ids, metadata, sendstream
-from btrfs_core.capacity import Capacities, capacity_for, check_range, check_same_volume
+from btrfs_core.capacity import Capacities, capacity_for, existing_volume
 from btrfs_core.errors import BtrfsCoreError, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
 from btrfs_core.models import NO_TUNING, Source, SourceKind, Tuning, TuningRequest, Volume
@@ -25,7 +25,7 @@ from btrfs_core.sendstream import ByteSource, Progress, Sink
 from btrfs_core.shared import PoolShared
 from btrfs_core.snapshots import Snapshots, refuse_nested
 from btrfs_core.staging import Staging
-from btrfs_core.tuning import check_same_tuning, resolve_tuning
+from btrfs_core.tuning import resolve_tuning
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -118,14 +118,12 @@ class Transfers:
         what was asked; the rest is the source's, as its metadata arrives in the stream.
         """
         volume_id = ids.object_id(name, "volume")
-        check_range(required, limit)
         wanted = dict(metadata or {})
         asked = tuning or TuningRequest()
         with self._lock:
-            existing = self._meta.existing(self._volumes_dir / volume_id, self._meta.volume)
+            path = self._volumes_dir / volume_id
+            existing = existing_volume(self._meta, path, name, required, limit, source, wanted, asked)
             if existing is not None:
-                check_same_volume(existing, name, required, limit, source, wanted)
-                check_same_tuning(existing, asked, has_source=True)
                 return existing
             if volume_id in self._receiving:
                 raise InUse(f"volume {volume_id} is being received already")
