@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from btrfs_core.backend import PlainFiles
-from btrfs_core.errors import AlreadyExists, InUse, InvalidArgument, KernelError, NotFound
+from btrfs_core.errors import AlreadyExists, InUse, InvalidArgument, KernelError, NotFound, ReadOnly
 from btrfs_core.models import (
     BlockGroups,
     FsUsage,
@@ -194,6 +194,8 @@ class FakeBackend(PlainFiles):
         table[qgroupid] = limit
 
     def create_qgroup(self, qgroupid: int) -> None:
+        if self.readonly:  # the kernel asks for write access to the mount first
+            raise ReadOnly("qgroup create", errno.EROFS, f"{self.root}: Read-only file system")
         self._check_quota("qgroup create")
         if qgroupid < _LEVEL1:
             raise InvalidArgument(f"qgroup create: {qgroupid} is a level-0 qgroup")

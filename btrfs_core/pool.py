@@ -232,7 +232,6 @@ class Pool:
         """received: the origin, a subvolume a receive made, its capacity reserved already (transfer.py)."""
         origin = received or self._source_path(source, capacity)
         if received is None:
-            self._health.check_writable(limits=True)
             self._capacities.reserve(volume_id, capacity)
         staged = self._staging.path(volume_id)
         group = None
@@ -241,7 +240,13 @@ class Pool:
                 self._qgroups.after_rescan()
             # The level-1 qgroup first, the subvolume born inside it: a crash in between leaves an
             # empty qgroup that no volume names, which repair_quotas removes.
-            group = self._qgroups.new_group()
+            try:
+                group = self._qgroups.new_group()
+            except BtrfsCoreError:
+                # Read-only pool or quotas turned off: refused with the reason. Looked at only when the
+                # first change fails, not before every create (a statfs and a quota-tree search).
+                self._health.check_writable(limits=True)
+                raise
             if origin is None:
                 self._fs.create_subvolume(staged, group)
             else:
