@@ -19,7 +19,7 @@ from btrfs_core.capacity import Capacities, capacity_for, check_capacity, existi
 from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import BtrfsCoreError, CapacityOutOfRange, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
-from btrfs_core.index import DirectoryIndex
+from btrfs_core.index import DirectoryIndex, IndexSet
 from btrfs_core.models import (
     NO_TUNING,
     QUOTA_MODE_SETTINGS,
@@ -63,7 +63,10 @@ class Pool:
         self._snapshots = Snapshots(
             shared, self._qgroups, self._staging, self._health.check_writable, self.get_volume
         )
-        self._tuning = VolumeTuning(shared, self.volume_path, self._health.check_writable)
+        self._volume_indexes = IndexSet()  # those volume_index made, told of each volume changed in place
+        self._tuning = VolumeTuning(
+            shared, self.volume_path, self._health.check_writable, self._volume_indexes.forget
+        )
         self.stats = PoolStats(backend, self._meta, self._qgroups, self._health, self.volume_path)
         self._capacities = Capacities(
             backend,
@@ -177,8 +180,8 @@ class Pool:
 
     def volume_index(self, derive: Callable[[Volume], D]) -> DirectoryIndex[Volume, D]:
         """The volumes, each read once for many listings (see DirectoryIndex), with what `derive`
-        makes of each."""
-        return DirectoryIndex(self._fs, self.volumes_dir, self.get_volume, derive)
+        makes of each. A volume whose tuning changes (modify_volume) is read again at its next refresh."""
+        return self._volume_indexes.add(DirectoryIndex(self._fs, self.volumes_dir, self.get_volume, derive))
 
     def create_volume(
         self,
@@ -367,12 +370,6 @@ class Pool:
                 volume = self._meta.volume(path)
         self._commit.commit()
         return volume
-
-    @property
-    def tuning_changes(self) -> int:
-        """How many volumes' tunings changed since the pool was opened: whoever keeps volumes read
-        earlier (the metrics' index) reads them again when it moves."""
-        return self._tuning.changes
 
     def modify_volume(self, volume_id: str, compression: Compression | None) -> Volume:
         """Sets the compression of a volume, published or not (see VolumeTuning.modify); None

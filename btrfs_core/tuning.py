@@ -59,15 +59,21 @@ def describe(tuning: Tuning) -> str:
 
 
 class VolumeTuning:
-    """Changes the compression of live volumes; shares the pool's lock and commit."""
+    """Changes the compression of live volumes; shares the pool's lock and commit. `changed` is told
+    the ID of each volume whose metadata it rewrote, once it is written (the pool's indexes read that
+    volume again)."""
 
     def __init__(
-        self, shared: PoolShared, volume_path: Callable[[str], Path], check_writable: Callable[[], None]
+        self,
+        shared: PoolShared,
+        volume_path: Callable[[str], Path],
+        check_writable: Callable[[], None],
+        changed: Callable[[str], None],
     ) -> None:
         self._fs, self._meta, self._lock, self._commit = shared.fs, shared.meta, shared.lock, shared.commit
         self._volume_path = volume_path
         self._check_writable = check_writable
-        self.changes = 0  # modifies applied since the pool was opened
+        self._changed = changed
 
     def modify(self, volume_id: str, compression: Compression | None) -> Volume:
         """Sets a volume's compression, published or not; idempotent. Answers once the property and
@@ -93,6 +99,6 @@ class VolumeTuning:
                     f"volume {volume_id} is full to its limit, so its compression cannot be stored: free "
                     "some space in it or expand it"
                 ) from None
-            self.changes += 1
+            self._changed(volume_id)
         self._commit.commit()
         return dataclasses.replace(volume, tuning=tuning)

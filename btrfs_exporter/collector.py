@@ -12,9 +12,8 @@ here, 45 ms at 1,000 volumes and 0.6 s at 10,000, ten times the quota-tree searc
 keeps the pool's indexes (`Pool.volume_index`, btrfs_core/index.py): one directory scan per scrape,
 and only objects not seen before are read. What the index keeps (subvolume id, PVC name and
 namespace, a snapshot's source, the rendered labels) never changes during an object's life, but for a
-volume's tuning, which ControllerModifyVolume changes: when the pool's count of such changes moves,
-the volumes are read again (one slow scrape per change, and changes are rare). Usage and limits
-always come fresh from the quota tree.
+volume's tuning, which ControllerModifyVolume changes: the pool then has its indexes read that one
+volume again at the next scrape. Usage and limits always come fresh from the quota tree.
 
 The per-volume families are written by `exposition.render`, not prometheus_client's generate_latest,
 which costs ~5 µs a sample (see bench/bench_scrape.py for the numbers).
@@ -86,7 +85,6 @@ class PoolCollector(Collector):
             self._snapshots = pool.snapshot_index(snapshot_labels)
         self._errors = 0
         self._last_duration = 0.0
-        self._tuning_changes = pool.tuning_changes
         # Each volume's info labels by the identity of its labels, which the index keeps for the
         # volume's life: made once per volume. The labels are held too, so their id is not reused.
         self._info: dict[int, tuple[LabelSet, LabelSet]] = {}
@@ -198,10 +196,6 @@ class PoolCollector(Collector):
                 [(v, volume_labels(v)) for v in self._pool.list_volumes()],
                 [(s, snapshot_labels(s)) for s in self._pool.list_snapshots()],
             )
-        changes = self._pool.tuning_changes  # before the refresh: a change during it is read next time
-        if changes != self._tuning_changes:
-            self._volumes.forget()
-            self._tuning_changes = changes
         return self._volumes.refresh(), self._snapshots.refresh()
 
     def _info_labels(self, volumes: list[tuple[Volume, LabelSet]]) -> list[LabelSet]:

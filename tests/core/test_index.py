@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from btrfs_core.fake import FakeBackend
-from btrfs_core.models import Snapshot, Volume
+from btrfs_core.models import Algorithm, Compression, Snapshot, Volume
 from btrfs_core.pool import Pool
 
 MiB = 1 << 20
@@ -61,3 +61,41 @@ def test_without_subvolume_ids_as_d_ino_every_refresh_reads_everything(tmp_path:
     for _ in range(2):
         assert [v.id for v, _team in index.refresh()] == ["v"]
     assert volumes.reads["v"] == 2
+
+
+@pytest.mark.kernel
+def test_a_modified_volume_alone_is_read_again(btrfs_mount: Path) -> None:
+    pool = Pool.open(btrfs_mount)
+    reads: collections.Counter[str] = collections.Counter()
+
+    def compression(volume: Volume) -> str:
+        reads[volume.id] += 1
+        return str(volume.tuning.compression or "")
+
+    index = pool.volume_index(compression)
+    for name in ("v1", "v2", "v3"):
+        pool.create_volume(name, 16 * MiB)
+    assert len(index.refresh()) == 3 and sum(reads.values()) == 3
+    pool.modify_volume("v2", Compression(Algorithm.ZSTD, 3))
+    assert {v.id: c for v, c in index.refresh()} == {"v1": "", "v2": "zstd:3", "v3": ""}
+    assert reads == {"v1": 1, "v2": 2, "v3": 1}
+    pool.modify_volume("v2", None)  # changes nothing: nothing to read again
+    index.refresh()
+    assert reads == {"v1": 1, "v2": 2, "v3": 1}
+
+
+@pytest.mark.kernel
+def test_a_modify_during_a_refresh_is_read_at_the_next(btrfs_mount: Path) -> None:
+    pool = Pool.open(btrfs_mount)
+    pool.create_volume("v", 16 * MiB)
+
+    def modified_meanwhile(volume: Volume) -> str:
+        """Derives from the volume as read, then the volume changes before the refresh ends."""
+        seen = str(volume.tuning.compression or "")
+        if not seen:
+            pool.modify_volume("v", Compression(Algorithm.LZO))
+        return seen
+
+    index = pool.volume_index(modified_meanwhile)
+    assert [c for _v, c in index.refresh()] == [""]
+    assert [c for _v, c in index.refresh()] == ["lzo"]

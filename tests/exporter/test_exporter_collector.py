@@ -231,6 +231,7 @@ def test_volume_info_carries_the_tuning_and_follows_a_modify(
     assert counted.volumes == 3
     pool.modify_volume("plain", Compression(Algorithm.LZO))
     assert info()["plain"] == ("lzo", "false", "plain")
+    assert counted.volumes == 4  # the modified volume read again, not the others
 
 
 def _collected(collector: PoolCollector, name: str) -> dict[frozenset[tuple[str, str]], float]:
