@@ -194,8 +194,9 @@ class DevInfoArgs(ctypes.Structure):
     ]
 
 
-SPACE_ARGS = struct.Struct("<QQ")  # space_slots (in), total_spaces (out); then space_info[] follow
-SPACE_INFO = struct.Struct("<QQQ")  # flags, total_bytes, used_bytes (logical bytes of that profile)
+# ioctl arguments are in native byte order (only tree items, trees.py, are little-endian on disk)
+SPACE_ARGS = struct.Struct("=QQ")  # space_slots (in), total_spaces (out); then space_info[] follow
+SPACE_INFO = struct.Struct("=QQQ")  # flags, total_bytes, used_bytes (logical bytes of that profile)
 SEARCH_ARGS_V2_HEADER = ctypes.sizeof(SearchKey) + 8  # key + u64 buf_size, then the caller's buffer
 
 IOC_SYNC = _ioc(_NONE, 8, 0)

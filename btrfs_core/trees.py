@@ -16,7 +16,8 @@ u16, u64 = ctypes.c_uint16, ctypes.c_uint64
 
 # Items as TREE_SEARCH returns them: the on-disk layouts of btrfs_tree.h, little-endian and
 # packed, read through item_struct. An item may be longer than its structure (a newer kernel's fields, a
-# root ref's name).
+# root ref's name). The search header before each item is the ioctl's own (struct
+# btrfs_ioctl_search_header of linux/btrfs.h), which the kernel fills in native byte order.
 
 
 class QgroupLimitItem(ctypes.LittleEndianStructure):
@@ -66,7 +67,7 @@ QGROUP_LIMIT_ITEM_RFER = item_struct(QgroupLimitItem, "flags", "max_rfer")
 
 assert ctypes.sizeof(QgroupInfoItem) == ctypes.sizeof(QgroupLimitItem) == 40 and ctypes.sizeof(RootRef) == 18
 
-SEARCH_HEADER = struct.Struct("<QQQII")  # transid, objectid, offset, type, len
+SEARCH_HEADER = struct.Struct("=QQQII")  # transid, objectid, offset, type, len: native, unpadded
 _LENGTH = operator.itemgetter(1)  # of a fixed_items row
 
 
@@ -99,7 +100,7 @@ def _search(
         key.max_objectid, key.max_type, key.max_offset = max_key
         key.min_transid, key.max_transid = 0, U64_MAX
         key.nr_items = 0xFFFFFFFF
-        struct.pack_into("<Q", buf, ctypes.sizeof(ioctl.SearchKey), buffer_size)
+        struct.pack_into("=Q", buf, ctypes.sizeof(ioctl.SearchKey), buffer_size)  # native, as the key
         del key  # release the buffer export before the ioctl resizes nothing but reads it
         ioctl.call(fd, ioctl.IOC_TREE_SEARCH_V2, buf, "tree search", target)
         count = ioctl.SearchKey.from_buffer_copy(buf).nr_items
@@ -145,15 +146,22 @@ def fixed_items(
     target: str,
 ) -> Iterator[tuple[Any, ...]]:
     """The items of one objectid and type with offsets first..last (`offsets`), all `item.size` bytes
-    long: each as (offset, length, *item's fields), each batch unpacked by one C call (`item` may skip
-    fields with pad bytes). At 20,000 qgroups the per-item Python of tree_search was most of a metrics
-    scrape. An item of another size is a BtrfsCoreError."""
-    row = struct.Struct("<16xQ4xI" + item.format.lstrip("<"))  # search header: offset, len kept
+    long: each as (offset, length, *item's fields), each batch unpacked by two C calls (`item` may skip
+    fields with pad bytes): one over the search headers (native), one over the items (little-endian).
+    At 20,000 qgroups the per-item Python of tree_search was most of a metrics scrape. An item of
+    another size is a BtrfsCoreError."""
+    header = struct.Struct(f"=16xQ4xI{item.size}x")  # offset and len of each (header, item) row
+    fields = struct.Struct(f"<{SEARCH_HEADER.size}x" + item.format.lstrip("<"))
     first, last = offsets
 
     def parse(items: memoryview, count: int) -> tuple[list[tuple[Any, ...]], Key]:
-        size = count * row.size
-        rows = list(row.iter_unpack(items[:size])) if size <= len(items) else []
+        size = count * header.size
+        batch = items[:size]
+        rows = (
+            list(map(operator.add, header.iter_unpack(batch), fields.iter_unpack(batch)))
+            if size <= len(items)
+            else []
+        )
         if len(rows) != count or set(map(_LENGTH, rows)) != {item.size}:
             raise BtrfsCoreError(
                 f"tree search: {target}: items of type {item_type} are not {item.size} bytes"

@@ -1,10 +1,11 @@
 """The item layouts of btrfs_tree.h as TREE_SEARCH returns them, and the item structs made from them."""
 
+import ctypes
 import struct
 
 import pytest
 
-from btrfs_core import trees
+from btrfs_core import ioctl, trees
 
 
 def test_an_item_struct_reads_named_fields_at_the_structures_offsets() -> None:
@@ -28,3 +29,49 @@ def test_a_root_ref_is_packed_and_followed_by_its_name() -> None:
 def test_an_item_struct_wants_the_fields_in_layout_order() -> None:
     with pytest.raises(ValueError, match="field rfer is not after"):
         trees.item_struct(trees.QgroupInfoItem, "excl", "rfer")
+
+
+class KernelSearchHeader(ctypes.Structure):
+    """struct btrfs_ioctl_search_header (linux/btrfs.h), as the kernel copies it out: native order."""
+
+    _fields_ = [
+        ("transid", ctypes.c_uint64),
+        ("objectid", ctypes.c_uint64),
+        ("offset", ctypes.c_uint64),
+        ("type", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+    ]
+
+
+def test_a_search_reads_the_header_in_native_order_and_the_items_little_endian(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TREE_SEARCH_V2 as the kernel answers it: its own argument structures (the key, buf_size, each
+    item's search header) in the CPU's byte order, the items copied from disk, little-endian. The two
+    orders agree on this machine; on a big-endian one this is what tells them apart."""
+    infos = {5: (1 << 40, 3 << 33), (1 << 48) | 7: (4096, (1 << 64) - 2)}  # qgroupid: rfer, excl
+
+    def kernel(fd: int, request: int, buf: bytearray, operation: str, target: str) -> None:
+        assert request == ioctl.IOC_TREE_SEARCH_V2
+        key = ioctl.SearchKey.from_buffer(buf)
+        size = ctypes.c_uint64.from_buffer(buf, ctypes.sizeof(ioctl.SearchKey)).value
+        assert size == len(buf) - ioctl.SEARCH_ARGS_V2_HEADER
+        found = [qgroupid for qgroupid in sorted(infos) if key.min_offset <= qgroupid <= key.max_offset]
+        pos = ioctl.SEARCH_ARGS_V2_HEADER
+        for qgroupid in found:
+            rfer, excl = infos[qgroupid]
+            item = bytes(trees.QgroupInfoItem(generation=1, rfer=rfer, excl=excl))
+            header = KernelSearchHeader(9, 0, qgroupid, ioctl.QGROUP_INFO_KEY, len(item))
+            buf[pos : pos + ctypes.sizeof(header) + len(item)] = bytes(header) + item
+            pos += ctypes.sizeof(header) + len(item)
+        key.nr_items = len(found)
+
+    monkeypatch.setattr(ioctl, "call", kernel)
+    info_items = (0, ioctl.QGROUP_INFO_KEY, (0, ioctl.U64_MAX))
+    counts = trees.item_struct(trees.QgroupInfoItem, "rfer", "excl")
+    rows = list(trees.fixed_items(-1, ioctl.QUOTA_TREE, *info_items, counts, "pool"))
+    assert rows == [(qgroupid, 40, *usage) for qgroupid, usage in sorted(infos.items())]
+    items = trees.tree_search(-1, ioctl.QUOTA_TREE, (0, 0, 0), (0, 255, ioctl.U64_MAX), "pool")
+    assert [(objectid, kind, offset, counts.unpack(data)) for objectid, kind, offset, data in items] == [
+        (0, ioctl.QGROUP_INFO_KEY, qgroupid, usage) for qgroupid, usage in sorted(infos.items())
+    ]
