@@ -46,7 +46,8 @@ class Backend(Protocol):
     def wait_rescan(self) -> None: ...
     def set_limit(self, qgroupid: int, limit: int | None) -> None: ...
     def usage(self, qgroupid: int) -> QgroupUsage: ...
-    def usage_all(self) -> dict[int, QgroupUsage]: ...  # level 0: by subvolume id
+    # level 0, by subvolume id (those of ids first..last)
+    def usage_all(self, first: int = 0, last: int = quota.LEVEL1 - 1) -> dict[int, QgroupUsage]: ...
     def group_usage_all(self) -> dict[int, QgroupUsage]: ...  # level 1 and above
     def create_qgroup(self, qgroupid: int) -> None: ...
     def destroy_qgroup(self, qgroupid: int) -> None: ...
@@ -163,8 +164,8 @@ class KernelBackend(PlainFiles):
     def usage(self, qgroupid: int) -> QgroupUsage:
         return quota.usage(self.root, qgroupid)
 
-    def usage_all(self) -> dict[int, QgroupUsage]:
-        return quota.usage_all(self.root)
+    def usage_all(self, first: int = 0, last: int = quota.LEVEL1 - 1) -> dict[int, QgroupUsage]:
+        return quota.usage_all(self.root, first, last)
 
     def exclusive_all(self) -> dict[int, int]:
         return quota.exclusive_all(self.root)

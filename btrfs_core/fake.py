@@ -252,10 +252,11 @@ class FakeBackend(PlainFiles):
         used = self._bytes(qgroupid)
         return QgroupUsage(qgroupid, used, used, self._limits[qgroupid])
 
-    def usage_all(self) -> dict[int, QgroupUsage]:
+    def usage_all(self, first: int = 0, last: int = _LEVEL1 - 1) -> dict[int, QgroupUsage]:
         if self.mode is QuotaMode.OFF:
             return {}
-        return {subvolume_id: self.usage(subvolume_id) for subvolume_id in self._limits}
+        wanted = [subvolume_id for subvolume_id in self._limits if first <= subvolume_id <= last]
+        return {subvolume_id: self.usage(subvolume_id) for subvolume_id in wanted}
 
     def exclusive_all(self) -> dict[int, int]:
         every = {**self.usage_all(), **self.group_usage_all()}

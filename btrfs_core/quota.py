@@ -157,10 +157,11 @@ def usage(path: Path, subvolume_id: int) -> QgroupUsage:
     return found[subvolume_id]
 
 
-def usage_all(path: Path) -> dict[int, QgroupUsage]:
-    """Every level-0 qgroup's usage and limit in one pass over the quota tree, by subvolume id."""
+def usage_all(path: Path, first: int = 0, last: int = LEVEL1 - 1) -> dict[int, QgroupUsage]:
+    """Every level-0 qgroup's usage and limit (those of subvolume ids first..last) in one pass over the
+    quota tree, by subvolume id."""
     try:
-        return _collect(path, 0, (1 << LEVEL_SHIFT) - 1)
+        return _collect(path, first, min(last, LEVEL1 - 1))
     except NotFound:
         return {}
 

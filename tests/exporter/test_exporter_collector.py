@@ -9,8 +9,18 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from btrfs_core import filesystem, quota
+from btrfs_core.backend import KernelBackend
 from btrfs_core.maintenance import Reconciler
-from btrfs_core.models import Algorithm, Compression, Snapshot, Source, SourceKind, TuningRequest, Volume
+from btrfs_core.models import (
+    Algorithm,
+    Compression,
+    QgroupUsage,
+    Snapshot,
+    Source,
+    SourceKind,
+    TuningRequest,
+    Volume,
+)
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
 from btrfs_exporter.collector import PoolCollector
@@ -309,10 +319,10 @@ def test_a_failing_read_is_logged_and_counted_not_raised(
     metrics = build_registry(pool, DRIVER)
     pool.create_volume("v", 16 * MiB)
 
-    def broken() -> None:
+    def broken(*_args: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(pool.stats, "usage_all", broken)
+    monkeypatch.setattr(pool.stats, "volumes_usage", broken)
     scraped = samples(metrics.registry)
     assert scraped["btrfs_csi_scrape_errors_total"] == {labels(): 1}
     assert "btrfs_csi_build_info" in scraped
@@ -320,6 +330,41 @@ def test_a_failing_read_is_logged_and_counted_not_raised(
     assert "Input/output error" in caplog.text
     monkeypatch.undo()
     assert volume_labels("v") in samples(metrics.registry)["btrfs_csi_volume_referenced_bytes"]
+
+
+class LevelZeroReads(KernelBackend):
+    """The kernel backend, recording the ranges of level-0 qgroups read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.ranges: list[tuple[int, int]] = []
+
+    def usage_all(self, first: int = 0, last: int = quota.LEVEL1 - 1) -> dict[int, QgroupUsage]:
+        self.ranges.append((first, last))
+        return super().usage_all(first, last)
+
+
+@pytest.mark.kernel
+def test_a_scrape_reads_level_zero_qgroups_only_for_snapshots(btrfs_mount: Path) -> None:
+    """The volumes' usage is on their level-1 qgroups: without snapshots a scrape reads no level-0
+    qgroup (10,000 of them at 10,000 volumes), with snapshots only the range of their ids."""
+    backend = LevelZeroReads(btrfs_mount)
+    pool = Pool.open(btrfs_mount, backend=backend)
+    metrics = build_registry(pool, DRIVER)
+    for name in ("v1", "v2", "v3"):
+        pool.create_volume(name, 16 * MiB)
+    write_file(pool.volume_path("v2") / "data", MiB)
+    backend.ranges.clear()
+    scraped = samples(metrics.registry)
+    assert backend.ranges == [] and len(scraped["btrfs_csi_volume_referenced_bytes"]) == 3
+    snapshot = pool.create_snapshot("s", "v2")
+    filesystem.sync(pool.root)
+    scraped = samples(metrics.registry)
+    assert backend.ranges == [(snapshot.subvolume_id, snapshot.subvolume_id)]
+    referenced = kernel_qgroups(btrfs_mount)[snapshot.subvolume_id][0]
+    assert scraped["btrfs_csi_snapshot_referenced_bytes"] == {
+        labels(snapshot_id="s", source_volume_id="v2"): referenced
+    }
 
 
 @pytest.mark.kernel
