@@ -11,7 +11,10 @@ client measures:
 
 - start-up: from the process start to the first Probe that answers ready (median of --starts runs);
 - ListVolumes: paging through every volume with max_entries 500 (and ListSnapshots the same);
-- CreateVolume: the median latency of --samples new 1 MiB volumes, one after another.
+- CreateVolume: the median latency of --samples new 1 MiB volumes, one after another;
+- bare ioctls: the median of as many subvolume create + qgroup limit + commit (START_SYNC + WAIT_SYNC)
+  in the same pool (in bench-bare/), interleaved with the creates: the kernel's own growth with the
+  pool, beside ours.
 
 The table shows each measure at every scale and the largest over the smallest; the target is that
 start-up and CreateVolume stay within 2x between 10 and 10,000 volumes.
@@ -30,6 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from btrfs_core import filesystem, quota, subvolume
 from btrfs_core.pool import Pool
 from csi.pb import csi_pb2
 from tests.csi.conftest import Client, mount_capability
@@ -73,13 +77,15 @@ class Measures:
     list_volumes: float  # seconds for every page
     list_snapshots: float
     create: float  # seconds, median
+    bare_create: float | None  # seconds, median of the bare ioctls in the same pool, when measured
     volumes: int
     snapshots: int
     rss_mib: float  # the driver's resident memory after listing everything and the creates
 
 
-def measure(mount: Path, samples: int, starts: int) -> Measures:
-    """Start-up, full listings and CreateVolume latency of a driver serving the pool at mount."""
+def measure(mount: Path, samples: int, starts: int, bare: bool = False) -> Measures:
+    """Start-up, full listings and CreateVolume latency of a driver serving the pool at mount; with
+    `bare`, the bare ioctls' latency too (their subvolumes stay in the pool, outside the driver's)."""
     with ServedDriver(mount) as driver:
         startups = []
         for _ in range(starts):
@@ -95,7 +101,13 @@ def measure(mount: Path, samples: int, starts: int) -> Measures:
         started = time.perf_counter()
         snapshots = list_snapshots(client, PAGE)
         listed_snapshots = time.perf_counter() - started
-        creates = [timed_create(client, f"bench-{i}") for i in range(samples)]
+        if bare:
+            (mount / "bench-bare").mkdir(exist_ok=True)
+        creates, bare_creates = [], []
+        for i in range(samples):
+            creates.append(timed_create(client, f"bench-{i}"))
+            if bare:
+                bare_creates.append(timed_bare_create(mount, mount / "bench-bare" / f"bare-{i}"))
         assert driver.process is not None
         rss = rss_mib(driver.process.pid)
         assert driver.stop() == 0, driver.log_tail()
@@ -104,6 +116,7 @@ def measure(mount: Path, samples: int, starts: int) -> Measures:
         listed,
         listed_snapshots,
         statistics.median(creates),
+        statistics.median(bare_creates) if bare_creates else None,
         len(volumes),
         len(snapshots),
         rss,
@@ -129,12 +142,22 @@ def timed_create(client: Client, name: str) -> float:
     return time.perf_counter() - started
 
 
+def timed_bare_create(mount: Path, path: Path) -> float:
+    """A subvolume with a 1 MiB limit, committed as the driver commits, without the driver."""
+    started = time.perf_counter()
+    subvolume.create(path)
+    quota.set_limit(mount, subvolume.subvolume_id(path), MiB)
+    filesystem.commit(mount)
+    return time.perf_counter() - started
+
+
 def table(results: dict[int, Measures]) -> str:
     scales = sorted(results)
     small, large = results[scales[0]], results[scales[-1]]
     rows: list[tuple[str, Callable[[Measures], float], bool]] = [
         ("driver start-up to Probe ready (ms)", lambda m: m.startup * 1000, True),
         ("CreateVolume median latency (ms)", lambda m: m.create * 1000, True),
+        ("bare ioctls create+limit+commit median (ms)", lambda m: (m.bare_create or 0) * 1000, False),
         ("driver RSS after listing and creating (MiB)", lambda m: m.rss_mib, False),
         (f"ListVolumes, every page of {PAGE} (ms)", lambda m: m.list_volumes * 1000, False),
         (f"ListSnapshots, every page of {PAGE} (ms)", lambda m: m.list_snapshots * 1000, False),
@@ -164,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         with scaled_pool(n) as mount:
             made = time.perf_counter() - started
-            results[n] = measure(mount, args.samples, args.starts)
+            results[n] = measure(mount, args.samples, args.starts, bare=True)
         assert results[n].volumes == n and results[n].snapshots == n, results[n]
         print(f"{n} volumes + {n} snapshots: made in {made:.1f} s through the Pool API", flush=True)
     print()
