@@ -6,8 +6,10 @@ Numbers and layouts are those of the kernel UAPI headers linux/btrfs.h and linux
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import struct
+from collections.abc import Sequence
 
 from btrfs_core.errors import (
     AlreadyExists,
@@ -70,8 +72,8 @@ class QgroupLimit(ctypes.Structure):
     _fields_ = QGROUP_LIMIT_FIELDS
 
 
-class QgroupInherit(ctypes.Structure):
-    """struct btrfs_qgroup_inherit with room for one qgroup id (the flexible array's first entry)."""
+class QgroupInheritHead(ctypes.Structure):
+    """struct btrfs_qgroup_inherit up to its flexible array of qgroup ids (see qgroup_inherit)."""
 
     _fields_ = [
         ("flags", u64),
@@ -79,8 +81,28 @@ class QgroupInherit(ctypes.Structure):
         ("num_ref_copies", u64),
         ("num_excl_copies", u64),
         ("lim", QgroupLimit),
-        ("qgroups", u64 * 1),
     ]
+
+
+@functools.cache
+def _qgroup_inherit_type(count: int) -> type[ctypes.Structure]:
+    class QgroupInherit(ctypes.Structure):
+        _fields_ = [("head", QgroupInheritHead), ("qgroups", u64 * count)]
+
+    return QgroupInherit
+
+
+def qgroup_inherit(args: VolArgsV2, qgroups: Sequence[int]) -> ctypes.Structure:
+    """Points a subvolume create's or snapshot's `args` at a struct btrfs_qgroup_inherit listing
+    `qgroups` (maybe none): the new subvolume's qgroup becomes a member of each in the transaction
+    that makes it. Returns the structure, which must stay alive until the ioctl returns."""
+    inherit = _qgroup_inherit_type(len(qgroups))()
+    inherit.head.num_qgroups = len(qgroups)
+    inherit.qgroups[:] = qgroups
+    args.flags |= SUBVOL_QGROUP_INHERIT
+    args.size = ctypes.sizeof(inherit)
+    args.qgroup_inherit = ctypes.addressof(inherit)
+    return inherit
 
 
 class QgroupAssignArgs(ctypes.Structure):
@@ -227,7 +249,7 @@ FS_NOCOW_FL = 0x00800000  # data overwritten in place: no copy-on-write, no chec
 
 assert ctypes.sizeof(VolArgsV2) == 4096 and ctypes.sizeof(GetSubvolInfoArgs) == 504
 assert ctypes.sizeof(DevInfoArgs) == 4096 and ctypes.sizeof(FsInfoArgs) == 1024
-assert ctypes.sizeof(QgroupInherit) == 80
+assert ctypes.sizeof(QgroupInheritHead) == 72
 
 SUBVOL_RDONLY = 1 << 1  # in vol_args_v2 and SUBVOL_GET/SETFLAGS
 SUBVOL_QGROUP_INHERIT = 1 << 2  # vol_args_v2 carries a qgroup_inherit: the new qgroup's parents

@@ -40,17 +40,10 @@ def _leaf_name(path: Path) -> bytes:
     return name
 
 
-def _in_qgroup(args: ioctl.VolArgsV2, qgroup: int | None) -> ioctl.QgroupInherit | None:
+def _in_qgroup(args: ioctl.VolArgsV2, qgroup: int | None) -> ctypes.Structure | None:
     """Makes the new subvolume's qgroup a member of `qgroup` in the same transaction that creates it;
     returns the structure args points to, which must stay alive until the ioctl returns."""
-    if qgroup is None:
-        return None
-    inherit = ioctl.QgroupInherit(num_qgroups=1)
-    inherit.qgroups[0] = qgroup
-    args.flags |= ioctl.SUBVOL_QGROUP_INHERIT
-    args.size = ctypes.sizeof(inherit)
-    args.qgroup_inherit = ctypes.addressof(inherit)
-    return inherit
+    return None if qgroup is None else ioctl.qgroup_inherit(args, [qgroup])
 
 
 def create(path: Path, qgroup: int | None = None) -> None:

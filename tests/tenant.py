@@ -2,12 +2,10 @@
 volume with what the kernel grants any user (creating subvolumes, with a qgroup_inherit argument of its
 own choosing; making its own ones read-only; writing)."""
 
-import ctypes
 import errno
 import fcntl
 import json
 import os
-import struct
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -71,21 +69,13 @@ def make_subvolume(name: str, inherit: list[int] | None = None) -> int:
     """BTRFS_IOC_SUBVOL_CREATE_V2 in the working directory; with `inherit` (maybe empty) the tenant's
     own qgroup_inherit list. Returns the new subvolume's id."""
     args = ioctl.VolArgsV2(name=name.encode())
-    buffer = None
-    if inherit is not None:
-        # struct btrfs_qgroup_inherit: flags, num_qgroups, num_ref_copies, num_excl_copies, a
-        # btrfs_qgroup_limit (5 u64), then the qgroup ids.
-        packed = struct.pack(f"<4Q5Q{len(inherit)}Q", 0, len(inherit), 0, 0, 0, 0, 0, 0, 0, *inherit)
-        buffer = ctypes.create_string_buffer(packed, len(packed))
-        args.flags |= ioctl.SUBVOL_QGROUP_INHERIT
-        args.size = len(packed)
-        args.qgroup_inherit = ctypes.addressof(buffer)
+    kept = None if inherit is None else ioctl.qgroup_inherit(args, inherit)
     fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.ioctl(fd, ioctl.IOC_SUBVOL_CREATE_V2, args)
     finally:
         os.close(fd)
-    del buffer  # kept alive until the ioctl has read it
+    del kept  # alive until the ioctl has read it
     return _subvolume_id(name)
 
 

@@ -75,3 +75,15 @@ def test_a_search_reads_the_header_in_native_order_and_the_items_little_endian(
     assert [(objectid, kind, offset, counts.unpack(data)) for objectid, kind, offset, data in items] == [
         (0, ioctl.QGROUP_INFO_KEY, qgroupid, usage) for qgroupid, usage in sorted(infos.items())
     ]
+
+
+@pytest.mark.parametrize("qgroups", [[], [5], [(1 << 48) | 3, 7]])
+def test_a_qgroup_inherit_lists_its_qgroups_after_the_head(qgroups: list[int]) -> None:
+    """struct btrfs_qgroup_inherit (linux/btrfs.h): four u64, a btrfs_qgroup_limit (five u64), then
+    num_qgroups ids; native byte order, as every ioctl argument."""
+    args = ioctl.VolArgsV2(name=b"new")
+    inherit = ioctl.qgroup_inherit(args, qgroups)
+    expected = struct.pack(f"=9Q{len(qgroups)}Q", 0, len(qgroups), *[0] * 7, *qgroups)
+    assert args.flags & ioctl.SUBVOL_QGROUP_INHERIT
+    assert args.size == len(expected) and args.qgroup_inherit == ctypes.addressof(inherit)
+    assert ctypes.string_at(args.qgroup_inherit, args.size) == expected
