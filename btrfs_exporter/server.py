@@ -10,7 +10,6 @@ workers a scrape needs.
 """
 
 import contextlib
-import functools
 import gzip
 import logging
 import select
@@ -184,20 +183,12 @@ class _RequestGate:
         return False
 
 
-def _request_handler(request: Any, client_address: Any, server: WSGIServer) -> WSGIRequestHandler:
-    """Serves one request with the stdlib's WSGI request handler, its access and error lines sent to
-    this module's log at DEBUG: it writes them raw to stderr, which holds the driver's (JSON) log.
+class _RequestHandler(WSGIRequestHandler):
+    """The stdlib's WSGI request handler, its access and error lines sent to this module's log at
+    DEBUG: it writes them raw to stderr, which holds the driver's (JSON) log."""
 
-    The handler serves the request inside its constructor, so the log hook is put on the instance
-    between allocating it and running __init__ (a subclass would be a request handler of our own)."""
-    handler = WSGIRequestHandler.__new__(WSGIRequestHandler)
-    handler.log_message = functools.partial(_log_http, client_address)  # type: ignore[method-assign]
-    WSGIRequestHandler.__init__(handler, request, client_address, server)
-    return handler
-
-
-def _log_http(client_address: Any, template: str, *args: Any) -> None:
-    log.debug("metrics client %s: " + template, client_address[0], *args)
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics client %s: " + format, self.client_address[0], *args)
 
 
 class _Server(WSGIServer):
@@ -209,7 +200,7 @@ class _Server(WSGIServer):
         # Before binding: a failed bind calls server_close, which stops them.
         self._workers = futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="btrfs-csi-metrics")
         self._gate = _RequestGate(self._hand_over)
-        super().__init__(address, _request_handler)
+        super().__init__(address, _RequestHandler)
         self.set_app(app)
 
     def process_request(self, request: Any, client_address: Any) -> None:
