@@ -24,7 +24,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from tests.support import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "btrfs-csi"
@@ -82,21 +83,15 @@ def run(*args: str, timeout: float = 600, check: bool = True) -> subprocess.Comp
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 2.0) -> T:
-    """Poll `probe` until it returns something other than None/False; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = probe()
-            if value is not None and value is not False:
-                return value
-        except Exception as e:  # the API server or the object may not be there yet
-            last_error = e
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})"
-            )
-        time.sleep(interval)
+    """`eventually` with the cluster's terms: polls `probe` every `interval` seconds until it returns
+    something other than None or False (0 and "" are answers) and returns that; any exception counts
+    as not yet (the API server or the object may not be there yet). Fails after `timeout`."""
+
+    def answered() -> tuple[T, ...]:
+        value = probe()
+        return () if value is None or value is False else (value,)
+
+    return eventually(answered, what, timeout, interval, ignoring=(Exception,))[0]
 
 
 def missing_prerequisites() -> list[str]:
