@@ -203,6 +203,7 @@ class Capacities:
         self._overprovision = overprovision
         self._volume_paths = volume_paths
         self._ledger: Ledger | None = None  # read on first use (see ledger)
+        self.arriving: set[str] = set()  # promised, not in volumes/ yet (a receive: transfer.py)
 
     @property
     def ledger(self) -> Ledger:
@@ -266,10 +267,10 @@ class Capacities:
         return available_bytes(self._fs.space(), unwritten, self._overprovision)
 
     def release_vanished(self, existing: list[str]) -> list[str]:
-        """Forgets the volumes of the ledger that are not among `existing` ids; returns them."""
+        """Forgets the volumes of the ledger that are not among `existing` ids, nor arriving; returns them."""
         if self._ledger is None:
             return []  # not read yet: the first read sees only the volumes that exist
-        gone = sorted(self._ledger.ids() - set(existing))
+        gone = sorted(self._ledger.ids() - set(existing) - self.arriving)
         for volume_id in gone:
             self._ledger.pop(volume_id)
         return gone

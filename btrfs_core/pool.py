@@ -231,9 +231,11 @@ class Pool:
         tuned: Tuning,
         base: Tuning,
         received: Path | None = None,
+        into: Path | None = None,
     ) -> Volume:
-        """received: the origin, a subvolume a receive made, its capacity reserved already (transfer.py)."""
+        """received: the origin, a subvolume a receive made, its capacity reserved; into: not volumes/."""
         origin = received or self._source_path(source, capacity)
+        into = into or self.volumes_dir / volume_id
         if received is None:
             self._capacities.reserve(volume_id, capacity)
         staged = self._staging.path(volume_id)
@@ -266,7 +268,7 @@ class Pool:
             # nothing from its 0/N.
             self._capacities.put(volume_id, capacity, group)
             self._fs.set_limit(group, capacity)
-            self._fs.rename(staged, self.volumes_dir / volume_id)
+            self._fs.rename(staged, into)
         except BaseException:
             self._capacities.pop(volume_id)
             self._staging.discard(staged)
@@ -274,7 +276,7 @@ class Pool:
                 self._qgroups.drop_group(group)
             raise
         # The answer from what was written: the subvolume's id and creation time are all to read.
-        volume = metadata.as_volume(volume_id, fields, self._fs.subvolume_info(self.volumes_dir / volume_id))
+        volume = metadata.as_volume(volume_id, fields, self._fs.subvolume_info(into))
         self._qgroups.joined(volume.subvolume_id, group)
         if origin is not None:
             # Full qgroups: a snapshot joining a new qgroup leaves its counters inconsistent.

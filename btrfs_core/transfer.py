@@ -5,13 +5,16 @@ from such a stream, which another pool sent.
 A receive is a restore whose source arrives as bytes: the capacity is promised before the first byte
 is read, the stream lands in a subvolume of its own in staging, and the volume is made from what
 arrived exactly as a local restore makes it from a snapshot (a writable snapshot in its own level-1
-qgroup, the limit set, metadata written, renamed into volumes/, committed). A crash at any point leaves
-only staging debris, which opening the pool removes.
+qgroup, the limit set, metadata written), but it stays in staging, out of sight, until the create that
+asked for it claims it (renamed into volumes/, committed): a transfer whose requester gave up is
+abandoned (removed) and never leaves a volume nobody knows of. A crash at any point leaves only
+staging debris, which opening the pool removes.
 """
 
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,8 +38,21 @@ T = TypeVar("T")
 # limit, but a stream that would fill the pool is a sender gone wrong.
 _STREAM_PER_CAPACITY, _STREAM_COMMAND_BYTES = 2, 64 << 20
 
-# Pool._build_volume: the volume made from a received subvolume, its capacity reserved already.
-BuildVolume = Callable[[str, str, int, Source | None, dict[str, str], Tuning, Tuning, Path | None], Volume]
+# Pool._build_volume: the volume made from a received subvolume, its capacity reserved already, renamed
+# to the path given last.
+BuildVolume = Callable[
+    [str, str, int, Source | None, dict[str, str], Tuning, Tuning, Path | None, Path | None], Volume
+]
+
+
+@dataclass(frozen=True)
+class Received:
+    """What Transfers.receive made: the volume, whole, its capacity reserved and its limit set, held in
+    staging (`parked`) until Transfers.claim makes it visible or Transfers.abandon removes it. parked is
+    None when the volume existed already (a repeated create): there is nothing to claim or abandon."""
+
+    volume: Volume
+    parked: Path | None
 
 
 class Transfers:
@@ -60,7 +76,9 @@ class Transfers:
         self._snapshots = snapshots
         self._health = health
         self._build_volume = build_volume
-        self._receiving: set[str] = set()  # volume ids (needs the lock)
+        # The ids of the volumes received or being received, unclaimed (needs the lock): their capacity
+        # is promised before volumes/ holds them, which the reconciler must not take for vanished.
+        self._receiving = capacities.arriving
 
     def send_snapshot(self, snapshot_id: str, out: Sink, progress: Progress | None = None) -> int:
         """Streams snapshot `snapshot_id` into out (a file descriptor or a writer); the bytes sent.
@@ -108,14 +126,33 @@ class Transfers:
         tuning: TuningRequest | None = None,
         progress: Progress | None = None,
     ) -> Volume:
+        """receive, then claim: the volume, visible and committed."""
+        return self.claim(
+            self.receive(name, required, source, size, stream, metadata, limit, tuning, progress)
+        )
+
+    def receive(
+        self,
+        name: str,
+        required: int,
+        source: Source,
+        size: int,
+        stream: ByteSource,
+        metadata: Mapping[str, str] | None = None,
+        limit: int = 0,
+        tuning: TuningRequest | None = None,
+        progress: Progress | None = None,
+    ) -> Received:
         """Pool.create_volume from `source`, held by another pool, as the send stream of `source`
-        (`size`: its size there, the least the volume can have).
+        (`size`: its size there, the least the volume can have); the volume stays in staging until
+        claim or abandon.
 
         Idempotent as create_volume: when the volume exists already, nothing is read from stream. The
         capacity is reserved before the first byte is read (InsufficientCapacity, CapacityOutOfRange
-        refuse it with the stream untouched); a second receive of the same volume while one runs is
-        InUse. stream: a file descriptor, anything with read(n), or an iterable of byte chunks. tuning:
-        what was asked; the rest is the source's, as its metadata arrives in the stream.
+        refuse it with the stream untouched); a second receive of the same volume while one runs or
+        waits for its claim is InUse. stream: a file descriptor, anything with read(n), or an iterable
+        of byte chunks. tuning: what was asked; the rest is the source's, as its metadata arrives in
+        the stream.
         """
         volume_id = ids.object_id(name, "volume")
         wanted = dict(metadata or {})
@@ -124,7 +161,7 @@ class Transfers:
             path = self._volumes_dir / volume_id
             existing = existing_volume(self._meta, path, name, required, limit, source, wanted, asked)
             if existing is not None:
-                return existing
+                return Received(existing, None)
             if volume_id in self._receiving:
                 raise InUse(f"volume {volume_id} is being received already")
             capacity = capacity_for(required, limit, source, size)
@@ -150,17 +187,48 @@ class Transfers:
             with self._lock:
                 base = self._received_tuning(received, source)
                 tuned = resolve_tuning(asked, base, f"{source.kind.value} {source.id}")
-                volume = self._build_volume(volume_id, name, capacity, source, wanted, tuned, base, received)
+                parked = self._staging.path(volume_id)
+                volume = self._build_volume(
+                    volume_id, name, capacity, source, wanted, tuned, base, received, parked
+                )
+                self._staging.busy.add(parked)
         except BaseException:
             with self._lock:
                 self._capacities.pop(volume_id)
+                self._receiving.discard(volume_id)
             raise
         finally:
-            with self._lock:
-                self._receiving.discard(volume_id)
             self._release(landing)
-        self._commit.commit()
+        return Received(volume, parked)
+
+    def claim(self, received: Received) -> Volume:
+        """Makes a received volume visible: renamed into volumes/, committed. Once per Received."""
+        volume = received.volume
+        if received.parked is not None:
+            with self._lock:
+                self._fs.rename(received.parked, self._volumes_dir / volume.id)
+                self._staging.busy.discard(received.parked)
+                self._receiving.discard(volume.id)
+                self._qgroups.joined(volume.subvolume_id, volume.qgroup)
+            self._commit.commit()
         return volume
+
+    def abandon(self, received: Received) -> None:
+        """Removes a received volume nobody claimed (or whose claim failed): its subvolume, its
+        capacity, its qgroup. It was never visible, so there is nothing to commit."""
+        if received.parked is None:
+            return  # it existed before this receive: not this receive's to remove
+        volume = received.volume
+        self._release(received.parked)
+        with self._lock:
+            self._capacities.pop(volume.id)
+            self._receiving.discard(volume.id)
+        self._qgroups.drop_group(volume.qgroup)
+
+    def pending(self) -> set[str]:
+        """The ids of the volumes received or being received and not claimed yet, whose capacity is
+        reserved though volumes/ holds no such volume (needs the lock)."""
+        return set(self._receiving)
 
     def _received_tuning(self, received: Path, source: Source) -> Tuning:
         """The tuning a received subvolume has: the compression its source's root had (a property the
