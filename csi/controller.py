@@ -101,6 +101,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.DeleteVolumeResponse:
         volume_id = v.required_id(request.volume_id, "volume_id")
         with self._locks.hold(volume_key(volume_id)):
+            if self._remote is not None:  # a restore still under way: cancelled, what it received removed
+                self._remote.forget(volume_id, wait=_join_seconds(context))
             # Absent is OK (idempotent); still published is FAILED_PRECONDITION (the core refuses it).
             self._pool.delete_volume(volume_id)
         return csi_pb2.DeleteVolumeResponse()

@@ -5,8 +5,10 @@ commit, rename).
 A large transfer outlives the CreateVolume that starts it (the provisioner gives up on a call long
 before a GiB has moved): it goes on in the background, one per volume ID. A retried CreateVolume joins
 it: ABORTED with the progress while it runs, the volume (OK) once it is done, its error once if it
-failed (the next retry starts afresh). A transfer nobody asks for within `idle_seconds` is cancelled
-and the core removes what it had received.
+failed (the next retry starts afresh). The received volume stays out of sight until a CreateVolume
+claims it: a transfer nobody asks for within `idle_seconds`, running or done, is cancelled and what it
+received removed (the provisioner gave up: the claim was deleted), and a DeleteVolume of its volume ID
+cancels it and waits until nothing of it remains.
 """
 
 import logging
@@ -20,6 +22,7 @@ import grpc
 from btrfs_core.errors import NotFound
 from btrfs_core.models import Source, SourceKind, TuningRequest, Volume
 from btrfs_core.pool import Pool
+from btrfs_core.transfer import Received
 from csi.errors import CsiError, aborted, unavailable
 from csi.pb import peer_pb2
 from csi.peer.client import PeerClient
@@ -48,23 +51,28 @@ class Transfer:
     request: Request
     node: str  # where the source is
     size: int  # the source's size there
-    asked: float  # monotonic time of the last CreateVolume that asked for it
+    asked: float  # monotonic time the last CreateVolume that asked for it stopped waiting
+    waiting: int = 0  # CreateVolume calls waiting for it now: it is not idle (RemoteCreates' lock)
     moved: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     collected: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
     call: "grpc.CallIterator[peer_pb2.SendChunk] | None" = None  # the Send stream, once it has started
-    volume: Volume | None = None
+    received: Received | None = None  # done, not claimed nor abandoned yet (RemoteCreates' lock)
     error: BaseException | None = None
 
     def describe(self) -> str:
         source = self.request.source
         return f"{source.kind.value} {source.id} from node {self.node}"
 
-    def cancel(self) -> None:
+    def cancel(self) -> Received | None:
+        """Stops the stream; what was received already, for the caller to abandon (needs RemoteCreates'
+        lock: the receiving thread abandons what it receives once cancelled)."""
         self.cancelled = True
         if self.call is not None:
             self.call.cancel()  # type: ignore[no-untyped-call]
+        received, self.received = self.received, None
+        return received
 
 
 class RemoteCreates:
@@ -105,10 +113,11 @@ class RemoteCreates:
             transfer = self._transfers.get(volume_id)
         if transfer is None:
             transfer = self._start(volume_id, request)
+        elif transfer.cancelled:
+            raise aborted(f"volume {volume_id}: its transfer is being cancelled by a delete; retry")
         elif transfer.request != request:
             raise aborted(f"volume {volume_id} is being made from {transfer.describe()} by another request")
-        transfer.asked = time.monotonic()
-        if not transfer.done.wait(wait):
+        if not self._joined(transfer, wait):
             raise aborted(
                 f"volume {volume_id}: receiving {transfer.describe()} in the background, "
                 f"{transfer.moved} of about {transfer.size} bytes so far; retry to join it"
@@ -116,11 +125,47 @@ class RemoteCreates:
         with self._lock:
             if self._transfers.get(volume_id) is transfer:
                 del self._transfers[volume_id]
+            received, transfer.received = transfer.received, None
         transfer.collected.set()
         if transfer.error is not None:
             raise transfer.error
-        assert transfer.volume is not None
-        return transfer.volume
+        if received is None:  # cancelled as it ended: nobody had asked for it for idle_seconds
+            raise aborted(f"volume {volume_id}: its transfer was cancelled; retry to start it afresh")
+        try:
+            return self._pool.transfers.claim(received)
+        except BaseException:
+            self._pool.transfers.abandon(received)
+            raise
+
+    def _joined(self, transfer: Transfer, wait: float) -> bool:
+        """Whether the transfer ends within `wait` seconds; it is not idle while a call waits for it."""
+        with self._lock:
+            transfer.waiting += 1
+        try:
+            return transfer.done.wait(wait)
+        finally:
+            with self._lock:
+                transfer.waiting -= 1
+                transfer.asked = time.monotonic()
+
+    def forget(self, volume_id: str, wait: float) -> None:
+        """A DeleteVolume of `volume_id`: cancels its transfer, if any, and returns once the transfer has
+        let go of everything it had received; ABORTED when that takes longer than `wait` seconds (the
+        transfer stays cancelled: a retry waits again). Nothing it received is ever claimed after."""
+        with self._lock:
+            transfer = self._transfers.get(volume_id)
+            received = transfer.cancel() if transfer is not None else None
+        if transfer is None:
+            return
+        if received is not None:
+            self._pool.transfers.abandon(received)
+        if not transfer.done.wait(wait):
+            raise aborted(f"volume {volume_id}: its transfer is being cancelled; retry")
+        with self._lock:
+            if self._transfers.get(volume_id) is transfer:
+                del self._transfers[volume_id]
+        transfer.collected.set()
+        log.info("transfer cancelled by a delete", extra={"fields": {"volume_id": volume_id}})
 
     def _start(self, volume_id: str, request: Request) -> Transfer:
         source = request.source
@@ -147,7 +192,7 @@ class RemoteCreates:
         request = transfer.request
         started = time.monotonic()
         try:
-            transfer.volume = self._pool.transfers.receive_volume(
+            received = self._pool.transfers.receive(
                 request.name,
                 request.required,
                 request.source,
@@ -166,6 +211,12 @@ class RemoteCreates:
                 },
             )
         else:
+            with self._lock:
+                kept = not transfer.cancelled
+                if kept:
+                    transfer.received = received
+            if not kept:  # cancelled as the receive ended: nobody will claim it
+                self._pool.transfers.abandon(received)
             seconds = time.monotonic() - started
             log.info(
                 "transfer done",
@@ -184,9 +235,11 @@ class RemoteCreates:
         """The send stream from the peer, opened only when the core reads it (after its capacity
         check: no byte moves for a volume this node cannot hold)."""
         if transfer.cancelled:
-            raise aborted(f"volume {transfer.volume_id}: transfer cancelled, nobody asked for it")
+            raise aborted(f"volume {transfer.volume_id}: transfer cancelled (idle, or deleted)")
         call = self._client.send(transfer.node, transfer.request.source)
         transfer.call = call
+        if transfer.cancelled:  # cancelled as the call opened
+            call.cancel()
         reported = time.monotonic()
         try:
             for chunk in call:
@@ -209,25 +262,36 @@ class RemoteCreates:
             raise _stream_error(transfer, exc) from None
 
     def _watch(self, transfer: Transfer) -> None:
-        """Cancels the transfer (or forgets a finished one) once nobody has asked for it for a while."""
-        while (remaining := transfer.asked + self._idle_seconds - time.monotonic()) > 0:
+        """Cancels the transfer (and removes what it received) once nobody has asked for it for a while."""
+        while True:
+            remaining = transfer.asked + self._idle_seconds - time.monotonic()
+            if remaining <= 0:
+                with self._lock:
+                    if self._transfers.get(transfer.volume_id) is not transfer:
+                        return  # forgotten by a delete, which cancelled it
+                    if not transfer.waiting:
+                        del self._transfers[transfer.volume_id]
+                        running = not transfer.done.is_set()
+                        received = transfer.cancel()
+                        break
+                remaining = self._idle_seconds  # a call waits for it: idle at the earliest once it left
             if transfer.collected.wait(remaining):
                 return
-        with self._lock:
-            if self._transfers.get(transfer.volume_id) is transfer:
-                del self._transfers[transfer.volume_id]
-        if not transfer.done.is_set():
-            log.warning(
-                "transfer cancelled",
-                extra={
-                    "fields": {
-                        "volume_id": transfer.volume_id,
-                        "bytes": transfer.moved,
-                        "idle_seconds": self._idle_seconds,
-                    }
-                },
-            )
-            transfer.cancel()
+        if received is not None:
+            self._pool.transfers.abandon(received)
+        elif not running:
+            return  # it failed, and nobody came for its error
+        log.warning(
+            "transfer cancelled",
+            extra={
+                "fields": {
+                    "volume_id": transfer.volume_id,
+                    "bytes": transfer.moved,
+                    "idle_seconds": self._idle_seconds,
+                    "received": received is not None,  # done, but nobody came to claim it
+                }
+            },
+        )
 
 
 def _stream_error(transfer: Transfer, exc: grpc.RpcError) -> Exception:
@@ -235,7 +299,7 @@ def _stream_error(transfer: Transfer, exc: grpc.RpcError) -> Exception:
     if code is grpc.StatusCode.NOT_FOUND:
         return NotFound(f"{transfer.describe()}: {exc.details()}")
     if transfer.cancelled:
-        return aborted(f"volume {transfer.volume_id}: transfer cancelled, nobody asked for it")
+        return aborted(f"volume {transfer.volume_id}: transfer cancelled (idle, or deleted)")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
         return unavailable(f"receiving {transfer.describe()}: {code.name}: {exc.details()}; retry")
     return CsiError(code, f"receiving {transfer.describe()}: {exc.details()}")

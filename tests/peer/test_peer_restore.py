@@ -283,6 +283,34 @@ def _digest(path: Path) -> str:
     ).stdout.split()[0]
 
 
+@contextlib.contextmanager
+def local_receiver(
+    nodes: dict[str, Node], mount: Path, idle_seconds: float
+) -> Iterator[tuple[Pool, csi_pb2_grpc.ControllerStub]]:
+    """node-b as a driver in this process on `mount`, with a short idle timeout, restoring from node-a:
+    its pool and controller."""
+    pool = Pool.open(mount)
+    sockets = Path(tempfile.mkdtemp(prefix="peer-"))  # short: unix socket paths are limited
+    config = Config(
+        socket_path=sockets / "csi.sock",
+        node_id="node-b",
+        pool=pool.root,
+        max_workers=4,
+        peer_address=("127.0.0.1", free_port()),
+        peer_tls_dir=nodes["node-b"].tls_dir,
+        peers=Peers(static=(("node-a", f"127.0.0.1:{nodes['node-a'].peer_port}"),)),
+        transfer_idle_seconds=idle_seconds,
+    )
+    driver = start(config, pool)
+    channel = grpc.insecure_channel(config.endpoint)
+    try:
+        yield pool, csi_pb2_grpc.ControllerStub(channel)
+    finally:
+        channel.close()
+        driver.stop(0)
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
 def test_a_transfer_nobody_asks_for_is_cancelled_and_cleaned(
     nodes: dict[str, Node],
     big_snapshot: str,
@@ -292,25 +320,10 @@ def test_a_transfer_nobody_asks_for_is_cancelled_and_cleaned(
     """A receiver in this process (a short idle timeout) restoring from node-a, which is stopped mid-
     stream: nobody asks again, so the transfer is cancelled and what it received is removed."""
     a = nodes["node-a"]
-    pool = Pool.open(btrfs_mount)
-    sockets = Path(tempfile.mkdtemp(prefix="peer-"))  # short: unix socket paths are limited
-    config = Config(
-        socket_path=sockets / "csi.sock",
-        node_id="node-b",
-        pool=pool.root,
-        max_workers=4,
-        peer_address=("127.0.0.1", free_port()),
-        peer_tls_dir=nodes["node-b"].tls_dir,
-        peers=Peers(static=(("node-a", f"127.0.0.1:{a.peer_port}"),)),
-        transfer_idle_seconds=3.0,
-    )
-    available = pool.available_capacity()
-    driver = start(config, pool)
-    channel = grpc.insecure_channel(config.endpoint)
-    controller = csi_pb2_grpc.ControllerStub(channel)
     request = create_request("abandoned", 340 * MiB, from_snapshot(big_snapshot))
     assert a.driver.process is not None
-    try:
+    with local_receiver(nodes, btrfs_mount, idle_seconds=3.0) as (pool, controller):
+        available = pool.available_capacity()
         start_restore(controller, request, pool.staging_dir)
         a.driver.process.send_signal(signal.SIGSTOP)
         try:
@@ -332,7 +345,3 @@ def test_a_transfer_nobody_asks_for_is_cancelled_and_cleaned(
             lambda: controller.CreateVolume(request, timeout=5).volume, attempts=3000, pause=0.05
         )
         assert (pool.volumes_dir / volume.volume_id / "data.bin").stat().st_size == 320 * MiB
-    finally:
-        channel.close()
-        driver.stop(0)
-        shutil.rmtree(sockets, ignore_errors=True)
