@@ -64,6 +64,13 @@ def volume_info_labels(volume: Volume, labels: LabelSet) -> LabelSet:
     return LabelSet(VOLUME_INFO_LABELS, (compression, str(tuning.nodatacow).lower(), *labels.values))
 
 
+def volume_label_sets(volume: Volume) -> tuple[LabelSet, LabelSet]:
+    """The labels of a volume's byte families and of its info series: made once per read of the
+    volume (the index reads a volume again when its tuning changes)."""
+    labels = volume_labels(volume)
+    return labels, volume_info_labels(volume, labels)
+
+
 def snapshot_labels(snapshot: Snapshot) -> LabelSet:
     return LabelSet(SNAPSHOT_LABELS, (snapshot.id, snapshot.source_volume_id))
 
@@ -79,16 +86,13 @@ class PoolCollector(Collector):
         self._pool = pool
         self._build_labels = (driver_version(), driver_name, os.uname().release)
         self._lock = threading.Lock()  # scrapes may run concurrently; the indexes are not thread-safe
-        self._volumes: DirectoryIndex[Volume, LabelSet] | None = None
+        self._volumes: DirectoryIndex[Volume, tuple[LabelSet, LabelSet]] | None = None
         self._snapshots: DirectoryIndex[Snapshot, LabelSet] | None = None
         if index:
-            self._volumes = pool.volume_index(volume_labels)
+            self._volumes = pool.volume_index(volume_label_sets)
             self._snapshots = pool.snapshot_index(snapshot_labels)
         self._errors = 0
         self._last_duration = 0.0
-        # Each volume's info labels by the identity of its labels, which the index keeps for the
-        # volume's life: made once per volume. The labels are held too, so their id is not reused.
-        self._info: dict[int, tuple[LabelSet, LabelSet]] = {}
 
     # The metric families, empty: describe() returns them so that registering does not scan.
 
@@ -191,24 +195,15 @@ class PoolCollector(Collector):
             self._last_duration = time.perf_counter() - start
         yield from families.all()
 
-    def _objects(self) -> tuple[list[tuple[Volume, LabelSet]], list[tuple[Snapshot, LabelSet]]]:
+    def _objects(
+        self,
+    ) -> tuple[list[tuple[Volume, tuple[LabelSet, LabelSet]]], list[tuple[Snapshot, LabelSet]]]:
         if self._volumes is None or self._snapshots is None:
             return (
-                [(v, volume_labels(v)) for v in self._pool.list_volumes()],
+                [(v, volume_label_sets(v)) for v in self._pool.list_volumes()],
                 [(s, snapshot_labels(s)) for s in self._pool.list_snapshots()],
             )
         return self._volumes.refresh(), self._snapshots.refresh()
-
-    def _info_labels(self, volumes: list[tuple[Volume, LabelSet]]) -> list[LabelSet]:
-        known, self._info = self._info, {}
-        found = []
-        for volume, labels in volumes:
-            entry = known.get(id(labels))
-            if entry is None or entry[0] is not labels:
-                entry = (labels, volume_info_labels(volume, labels))
-            self._info[id(labels)] = entry
-            found.append(entry[1])
-        return found
 
     def _collect_pool(self, f: "_Families") -> None:
         pool = self._pool
@@ -234,9 +229,9 @@ class PoolCollector(Collector):
         ref_labels, ref_values = f.volume_referenced.labels.append, f.volume_referenced.values.append
         excl_labels, excl_values = f.volume_exclusive.labels.append, f.volume_exclusive.values.append
         limit_labels, limit_values = f.volume_limit.labels.append, f.volume_limit.values.append
-        f.volume_info.labels.extend(self._info_labels(volumes))
+        f.volume_info.labels.extend([info for _volume, (_labels, info) in volumes])
         f.volume_info.values.extend([1] * len(volumes))
-        for volume, labels in volumes:
+        for volume, (labels, _info) in volumes:
             qgroup = volume_usage.get(volume.id)
             if qgroup is None:
                 continue  # quotas off, or deleted since the listing
