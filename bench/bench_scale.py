@@ -6,8 +6,8 @@ Run as root (it makes its own sparse loop-device btrfs per scale and removes it,
     .venv/bin/python -m bench.bench_scale [--scales 10,10000] [--samples 30] [--starts 3]
 
 For each scale a fresh pool gets that many 1 MiB volumes and one snapshot of each, straight through the
-core (Pool API, a few threads sharing commits). Then the driver serves it in its own process and a gRPC
-client measures:
+core (Pool API, a few threads sharing commits). Then a driver serves each pool in its own process and a
+gRPC client measures (the creates of all pools interleaved, see measure_pools):
 
 - start-up: from the process start to the first Probe that answers ready (median of --starts runs);
 - ListVolumes: paging through every volume with max_entries 500 (and ListSnapshots the same);
@@ -21,12 +21,13 @@ start-up and CreateVolume stay within 2x between 10 and 10,000 volumes.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,43 +85,68 @@ class Measures:
 
 
 def measure(mount: Path, samples: int, starts: int, bare: bool = False) -> Measures:
-    """Start-up, full listings and CreateVolume latency of a driver serving the pool at mount; with
-    `bare`, the bare ioctls' latency too (their subvolumes stay in the pool, outside the driver's)."""
-    with ServedDriver(mount) as driver:
-        startups = []
+    """Start-up, full listings and CreateVolume latency of a driver serving the pool at mount (see
+    measure_pools)."""
+    return measure_pools([mount], samples, starts, bare)[0]
+
+
+def measure_pools(mounts: list[Path], samples: int, starts: int, bare: bool = False) -> list[Measures]:
+    """Start-up, full listings and CreateVolume latency of a driver serving each pool, with `bare` the
+    bare ioctls' latency too (their subvolumes stay in the pool, outside the driver's).
+
+    The creates of all pools are interleaved, one driver serving each pool meanwhile, so that the
+    machine's load weighs on every pool alike; and everything written is synced first: measured right
+    after a pool of 10,000 volumes is filled, the writeback of its image slowed the commits timed.
+    """
+    os.sync()
+    with ExitStack() as stack:
+        drivers = [stack.enter_context(ServedDriver(mount)) for mount in mounts]
+        startups: list[list[float]] = [[] for _ in mounts]
         for _ in range(starts):
+            for driver, taken in zip(drivers, startups, strict=True):
+                driver.start()
+                taken.append(driver.wait_ready(timeout=300))
+                driver.stop()
+        clients, listings = [], []
+        for mount, driver in zip(mounts, drivers, strict=True):
             driver.start()
-            startups.append(driver.wait_ready(timeout=300))
-            driver.stop()
-        driver.start()
-        driver.wait_ready(timeout=300)
-        client = driver.client()
-        started = time.perf_counter()
-        volumes = list_volumes(client, PAGE)
-        listed = time.perf_counter() - started
-        started = time.perf_counter()
-        snapshots = list_snapshots(client, PAGE)
-        listed_snapshots = time.perf_counter() - started
-        if bare:
-            (mount / "bench-bare").mkdir(exist_ok=True)
-        creates, bare_creates = [], []
-        for i in range(samples):
-            creates.append(timed_create(client, f"bench-{i}"))
+            driver.wait_ready(timeout=300)
+            client = driver.client()
+            started = time.perf_counter()
+            volumes = list_volumes(client, PAGE)
+            listed = time.perf_counter() - started
+            started = time.perf_counter()
+            snapshots = list_snapshots(client, PAGE)
+            listings.append((volumes, listed, snapshots, time.perf_counter() - started))
+            clients.append(client)
             if bare:
-                bare_creates.append(timed_bare_create(mount, mount / "bench-bare" / f"bare-{i}"))
-        assert driver.process is not None
-        rss = rss_mib(driver.process.pid)
-        assert driver.stop() == 0, driver.log_tail()
-    return Measures(
-        statistics.median(startups),
-        listed,
-        listed_snapshots,
-        statistics.median(creates),
-        statistics.median(bare_creates) if bare_creates else None,
-        len(volumes),
-        len(snapshots),
-        rss,
-    )
+                (mount / "bench-bare").mkdir(exist_ok=True)
+        creates: list[list[float]] = [[] for _ in mounts]
+        bare_creates: list[list[float]] = [[] for _ in mounts]
+        for i in range(samples):
+            for n, (mount, client) in enumerate(zip(mounts, clients, strict=True)):
+                creates[n].append(timed_create(client, f"bench-{i}"))
+                if bare:
+                    bare_creates[n].append(timed_bare_create(mount, mount / "bench-bare" / f"bare-{i}"))
+        found = []
+        for n, driver in enumerate(drivers):
+            assert driver.process is not None
+            rss = rss_mib(driver.process.pid)
+            assert driver.stop() == 0, driver.log_tail()
+            volumes, listed, snapshots, listed_snapshots = listings[n]
+            found.append(
+                Measures(
+                    statistics.median(startups[n]),
+                    listed,
+                    listed_snapshots,
+                    statistics.median(creates[n]),
+                    statistics.median(bare_creates[n]) if bare else None,
+                    len(volumes),
+                    len(snapshots),
+                    rss,
+                )
+            )
+    return found
 
 
 def rss_mib(pid: int) -> float:
@@ -182,14 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--starts", type=int, default=5)
     args = parser.parse_args(argv)
-    results = {}
-    for n in (int(s) for s in args.scales.split(",")):
-        started = time.perf_counter()
-        with scaled_pool(n) as mount:
+    scales = [int(s) for s in args.scales.split(",")]
+    with ExitStack() as pools:
+        mounts = []
+        for n in scales:
+            started = time.perf_counter()
+            mounts.append(pools.enter_context(scaled_pool(n)))
             made = time.perf_counter() - started
-            results[n] = measure(mount, args.samples, args.starts, bare=True)
-        assert results[n].volumes == n and results[n].snapshots == n, results[n]
-        print(f"{n} volumes + {n} snapshots: made in {made:.1f} s through the Pool API", flush=True)
+            print(f"{n} volumes + {n} snapshots: made in {made:.1f} s through the Pool API", flush=True)
+        results = dict(zip(scales, measure_pools(mounts, args.samples, args.starts, bare=True), strict=True))
+    for n, measures in results.items():
+        assert measures.volumes == n and measures.snapshots == n, measures
     print()
     print(table(results))
     return 0
