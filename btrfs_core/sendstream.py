@@ -29,6 +29,7 @@ class Writer(Protocol):
 
 
 Sink = int | Writer  # a file descriptor, or anything with write(bytes)
+Chunk = bytes | memoryview  # a view: a network message's payload, passed on without a copy
 Progress = Callable[[int], None]  # told the bytes moved so far, after each chunk (up to CHUNK_BYTES)
 
 
@@ -119,7 +120,7 @@ def _splice_all(source: int, out: int, meter: Meter) -> None:
         meter.add(moved)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: Chunk) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -154,7 +155,7 @@ class Reader(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
 
-ByteSource = int | Reader | Iterable[bytes]  # a file descriptor, anything with read(n), or chunks
+ByteSource = int | Reader | Iterable[Chunk]  # a file descriptor, anything with read(n), or chunks
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def receive(directory: Path, stream: ByteSource, meter: Meter) -> Path:
     return check_received(directory, head)
 
 
-def _chunks(stream: ByteSource) -> Iterator[bytes]:
+def _chunks(stream: ByteSource) -> Iterator[Chunk]:
     if isinstance(stream, int):
         return iter(functools.partial(os.read, stream, CHUNK_BYTES), b"")
     if isinstance(stream, Reader):
@@ -207,7 +208,7 @@ def _chunks(stream: ByteSource) -> Iterator[bytes]:
     return iter(stream)
 
 
-def read_head(chunks: Iterator[bytes]) -> tuple[StreamHead, bytes]:
+def read_head(chunks: Iterator[Chunk]) -> tuple[StreamHead, bytes]:
     """The stream's head, and every byte read from chunks to find it (to be sent on first)."""
     buffered = bytearray()
 
@@ -247,7 +248,7 @@ def read_head(chunks: Iterator[bytes]) -> tuple[StreamHead, bytes]:
     return StreamHead(name, UUID(bytes=raw_uuid)), bytes(buffered)
 
 
-def _feed(fd: int, start: bytes, rest: int | Iterator[bytes], meter: Meter) -> None:
+def _feed(fd: int, start: bytes, rest: int | Iterator[Chunk], meter: Meter) -> None:
     """Writes start, then the rest of the stream, into fd until it ends or the reader goes away (its
     exit status then says why)."""
     try:

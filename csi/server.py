@@ -20,7 +20,7 @@ import grpc
 
 from csi.errors import status_for, unavailable
 from csi.logging import RPC_LOGGER, request_fields
-from csi.pb import csi_pb2_grpc, peer_pb2_grpc
+from csi.pb import csi_pb2_grpc
 
 log = logging.getLogger(RPC_LOGGER)
 
@@ -203,11 +203,15 @@ def build_server(
     return server
 
 
-def build_peer_server(peer: peer_pb2_grpc.PeerServicer, *, max_workers: int) -> grpc.Server:
+def build_peer_server(
+    peer: grpc.GenericRpcHandler,  # type: ignore[type-arg]
+    *,
+    max_workers: int,
+) -> grpc.Server:
     """The server of the peer service, with the same bounds and error mapping; its calls are not CSI
     calls, so no RPC observer counts them."""
     server = _bounded_server(max_workers, _Unobserved())
-    peer_pb2_grpc.add_PeerServicer_to_server(peer, server)
+    server.add_generic_rpc_handlers((peer,))
     return server
 
 

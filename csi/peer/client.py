@@ -13,8 +13,9 @@ from btrfs_core.models import Source
 from csi.errors import CsiError, unavailable
 from csi.pb import peer_pb2, peer_pb2_grpc
 from csi.peer.directory import PeerDirectory
-from csi.peer.service import object_ref
+from csi.peer.service import SEND_METHOD, object_ref
 from csi.peer.tls import TlsMaterial
+from csi.peer.wire import decode_chunk
 
 log = logging.getLogger("csi.peer")
 
@@ -31,7 +32,7 @@ class PeerClient:
         self._lock = threading.Lock()
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
 
-    def _stub(self, node: str, address: str) -> peer_pb2_grpc.PeerStub:
+    def _channel(self, node: str, address: str) -> grpc.Channel:
         with self._lock:
             channel = self._channels.get((node, address))
             if channel is None:
@@ -39,7 +40,10 @@ class PeerClient:
                     address, self._credentials, options=[("grpc.ssl_target_name_override", node)]
                 )
                 self._channels[(node, address)] = channel
-        return peer_pb2_grpc.PeerStub(channel)
+        return channel
+
+    def _stub(self, node: str, address: str) -> peer_pb2_grpc.PeerStub:
+        return peer_pb2_grpc.PeerStub(self._channel(node, address))
 
     def locate(self, source: Source) -> tuple[str, int] | None:
         """A node other than this one that holds `source`, and the source's size; None when every other
@@ -83,12 +87,18 @@ class PeerClient:
             return False, None
         return True, response.held[0].size_bytes if response.held else None
 
-    def send(self, node: str, source: Source) -> "grpc.CallIterator[peer_pb2.SendChunk]":
-        """The send stream of `source` from `node` (cancel() on the returned call ends it)."""
+    def send(self, node: str, source: Source) -> "grpc.CallIterator[memoryview]":
+        """The send stream of `source` from `node`, each SendChunk as its data (cancel() on the returned
+        call ends it)."""
         address = self._directory.addresses().get(node)
         if address is None:
             raise NotFound(f"node {node} is no longer a peer")
-        return self._stub(node, address).Send(peer_pb2.SendRequest(object=object_ref(source)))
+        send = self._channel(node, address).unary_stream(
+            SEND_METHOD,
+            request_serializer=peer_pb2.SendRequest.SerializeToString,
+            response_deserializer=decode_chunk,
+        )
+        return send(peer_pb2.SendRequest(object=object_ref(source)))
 
     def modify(self, node: str, volume_id: str, mutable_parameters: Mapping[str, str]) -> None:
         """A ControllerModifyVolume applied on `node`; its refusal is raised with the code it had there."""

@@ -8,10 +8,11 @@ import grpc
 from btrfs_core.pool import Pool
 from csi.config import Config
 from csi.locks import KeyedTryLock
+from csi.peer.buffers import keep_message_buffers
 from csi.peer.client import PeerClient
 from csi.peer.directory import PeerDirectory, PeerSetupError, StaticPeers, host_port, kubernetes_peers
 from csi.peer.observer import TransferObserver, Unobserved
-from csi.peer.service import PeerServicer
+from csi.peer.service import PeerServicer, peer_handler
 from csi.peer.tls import TlsError, TlsMaterial
 from csi.peer.transfers import RemoteCreates
 from csi.server import ServeError, build_peer_server
@@ -49,7 +50,10 @@ def start_peer_endpoint(
     except (TlsError, PeerSetupError) as exc:
         raise ServeError(str(exc)) from None
     observer = observer or Unobserved()
-    server = build_peer_server(PeerServicer(pool, directory, locks, observer), max_workers=PEER_WORKERS)
+    keep_message_buffers()
+    server = build_peer_server(
+        peer_handler(PeerServicer(pool, directory, locks, observer)), max_workers=PEER_WORKERS
+    )
     address = host_port(*config.peer_address)
     try:
         port = server.add_secure_port(address, tls.server_credentials())

@@ -22,14 +22,17 @@ from btrfs_core.pool import Pool
 from csi import validation as v
 from csi.errors import CsiError, invalid, status_for
 from csi.locks import KeyedTryLock, volume_key
-from csi.pb import peer_pb2, peer_pb2_grpc
+from csi.pb import peer_pb2
 from csi.peer.directory import PeerDirectory
 from csi.peer.observer import SENT, TransferObserver, Unobserved
 from csi.peer.tls import peer_node
+from csi.peer.wire import encode_chunk
 
 log = logging.getLogger("csi.peer")
 
 MAX_LOCATE_OBJECTS = 64  # a CreateVolume asks for one source; a bound keeps one call cheap
+SERVICE = peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
+SEND_METHOD = f"/{SERVICE}/Send"
 CHUNK_BYTES = 1 << 20  # per gRPC message: few messages per GiB, well below the 4 MiB message limit
 
 
@@ -47,7 +50,7 @@ def object_ref(source: Source) -> peer_pb2.ObjectRef:
     return peer_pb2.ObjectRef(kind=kind, id=source.id)
 
 
-class PeerServicer(peer_pb2_grpc.PeerServicer):
+class PeerServicer:
     def __init__(
         self,
         pool: Pool,
@@ -101,9 +104,8 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             self._pool.modify_volume(volume_id, compression)  # NotFound: not here either
         return peer_pb2.ModifyVolumeResponse()
 
-    def Send(
-        self, request: peer_pb2.SendRequest, context: grpc.ServicerContext
-    ) -> Iterator[peer_pb2.SendChunk]:
+    def Send(self, request: peer_pb2.SendRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """SendChunk messages, each as its chunk of the stream (framed by encode_chunk)."""
         # A stream: the server's interceptor maps errors of unary calls only, so this one maps its own.
         try:
             node = self._authorize(context)
@@ -118,7 +120,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             for chunk in _streamed(lambda fd: send(source.id, fd)):
                 sent += len(chunk)
                 self._observer.moved(SENT, len(chunk))
-                yield peer_pb2.SendChunk(data=chunk)
+                yield chunk
         except Exception as exc:
             mapped = status_for(exc)
             code, message = mapped or (
@@ -134,6 +136,28 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             )
             context.abort(code, message)
         log.info("sent", extra={"fields": {"peer": node, source.kind.value: source.id, "bytes": sent}})
+
+
+def peer_handler(servicer: PeerServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """The Peer service of peer.proto, its Send messages framed by hand (csi/peer/wire.py)."""
+    handlers = {
+        "Locate": grpc.unary_unary_rpc_method_handler(
+            servicer.Locate,
+            request_deserializer=peer_pb2.LocateRequest.FromString,
+            response_serializer=peer_pb2.LocateResponse.SerializeToString,
+        ),
+        "Send": grpc.unary_stream_rpc_method_handler(
+            servicer.Send,
+            request_deserializer=peer_pb2.SendRequest.FromString,
+            response_serializer=encode_chunk,
+        ),
+        "ModifyVolume": grpc.unary_unary_rpc_method_handler(
+            servicer.ModifyVolume,
+            request_deserializer=peer_pb2.ModifyVolumeRequest.FromString,
+            response_serializer=peer_pb2.ModifyVolumeResponse.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 def _streamed(send: Callable[[int], int]) -> Iterator[bytes]:

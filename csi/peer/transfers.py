@@ -24,7 +24,6 @@ from btrfs_core.models import Source, SourceKind, TuningRequest, Volume
 from btrfs_core.pool import Pool
 from btrfs_core.transfer import Received
 from csi.errors import CsiError, aborted, unavailable
-from csi.pb import peer_pb2
 from csi.peer.client import PeerClient
 from csi.peer.observer import RECEIVED, TransferObserver
 
@@ -57,7 +56,7 @@ class Transfer:
     done: threading.Event = field(default_factory=threading.Event)
     collected: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
-    call: "grpc.CallIterator[peer_pb2.SendChunk] | None" = None  # the Send stream, once it has started
+    call: "grpc.CallIterator[memoryview] | None" = None  # the Send stream, once it has started
     received: Received | None = None  # done, not claimed nor abandoned yet (RemoteCreates' lock)
     error: BaseException | None = None
 
@@ -231,7 +230,7 @@ class RemoteCreates:
         finally:
             transfer.done.set()
 
-    def _chunks(self, transfer: Transfer) -> Iterator[bytes]:
+    def _chunks(self, transfer: Transfer) -> Iterator[memoryview]:
         """The send stream from the peer, opened only when the core reads it (after its capacity
         check: no byte moves for a volume this node cannot hold)."""
         if transfer.cancelled:
@@ -243,8 +242,8 @@ class RemoteCreates:
         reported = time.monotonic()
         try:
             for chunk in call:
-                transfer.moved += len(chunk.data)
-                self._observer.moved(RECEIVED, len(chunk.data))
+                transfer.moved += len(chunk)
+                self._observer.moved(RECEIVED, len(chunk))
                 if time.monotonic() - reported >= PROGRESS_SECONDS:
                     reported = time.monotonic()
                     log.info(
@@ -257,7 +256,7 @@ class RemoteCreates:
                             }
                         },
                     )
-                yield chunk.data
+                yield chunk
         except grpc.RpcError as exc:
             raise _stream_error(transfer, exc) from None
 
