@@ -18,7 +18,8 @@ median of `--repeat` runs of:
   are (through their `.samples`), and of the same samples as the library's own GaugeMetricFamily (what
   the collector would yield without exposition.py): the custom writer stays only while these are
   several times the exposition alone;
-- `btrfs qgroup show --raw <pool>`: one process, as a shell-out exporter would run it.
+- `btrfs qgroup show --raw <pool>`: one process, as a shell-out exporter would run it; its runs and the
+  scrape's are taken in turn, so that their ratio holds on a loaded machine.
 """
 
 import argparse
@@ -44,12 +45,20 @@ PVC = "csi.storage.k8s.io/pvc/"
 
 
 def median_ms(action: Callable[[], object], repeat: int) -> float:
-    runs = []
+    return interleaved_ms([action], repeat)[0]
+
+
+def interleaved_ms(actions: list[Callable[[], object]], repeat: int) -> list[float]:
+    """The median ms of each action, their runs taken in turn: a change of the machine's load during
+    the runs weighs on every action alike (the ratio of two actions measured one after the other
+    swung from 0.66x to 1.23x on a loaded machine)."""
+    runs: list[list[float]] = [[] for _ in actions]
     for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        runs.append((time.perf_counter() - start) * 1000)
-    return statistics.median(runs)
+        for action, taken in zip(actions, runs, strict=True):
+            start = time.perf_counter()
+            action()
+            taken.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(taken) for taken in runs]
 
 
 def grow(pool: Pool, volumes: int, have: int) -> None:
@@ -95,8 +104,9 @@ def measure(pool: Pool, repeat: int) -> dict[str, float]:
     frozen.register(Frozen())
     native = CollectorRegistry()
     native.register(Native())
+    scrape, shown = interleaved_ms([lambda: render(indexed.registry), show], repeat)
     return {
-        "scrape": median_ms(lambda: render(indexed.registry), repeat),
+        "scrape": scrape,
         "generate_latest": median_ms(lambda: generate_latest(indexed.registry), few),
         "cold": cold,
         "unindexed": median_ms(lambda: render(unindexed.registry), few),
@@ -105,7 +115,7 @@ def measure(pool: Pool, repeat: int) -> dict[str, float]:
         "exposition": median_ms(lambda: render(frozen), repeat),
         "exposition_library": median_ms(lambda: generate_latest(frozen), few),
         "exposition_native": median_ms(lambda: generate_latest(native), few),
-        "show": median_ms(show, repeat),
+        "show": shown,
     }
 
 
