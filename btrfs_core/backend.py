@@ -57,9 +57,12 @@ class Backend(Protocol):
     def exclusive_all(self) -> dict[int, int]: ...  # every qgroup's exclusive bytes
     def fs_usage(self) -> FsUsage: ...
     def space(self) -> PoolSpace: ...
-    # Commits the running transaction and waits for it: every change before it is on disk. Writes
-    # no file data (usage counters wait for the data's own writeback).
-    def sync(self) -> None: ...
+    # The running transaction's id, or the last one's: a change made before is in one no later.
+    def generation(self) -> int: ...
+    # Commits the running transaction and waits for it: every change before it is on disk; returns
+    # the id of the transaction committed. Writes no file data (usage counters wait for the data's
+    # own writeback).
+    def sync(self) -> int: ...
 
 
 class PlainFiles:
@@ -194,5 +197,8 @@ class KernelBackend(PlainFiles):
     def space(self) -> PoolSpace:
         return filesystem.space(self.root)
 
-    def sync(self) -> None:
-        filesystem.commit(self.root)
+    def generation(self) -> int:
+        return filesystem.generation(self.root)
+
+    def sync(self) -> int:
+        return filesystem.commit(self.root)

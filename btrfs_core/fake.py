@@ -276,5 +276,9 @@ class FakeBackend(PlainFiles):
         groups = BlockGroups(self.size, self.fs_usage().used, copies=1)
         return PoolSpace(groups, groups, global_reserve=0, unallocated=0, mixed=True)
 
-    def sync(self) -> None:
+    def generation(self) -> int:
+        return self.syncs + 1  # no transactions: something may always have changed since the last sync
+
+    def sync(self) -> int:
         self.syncs += 1
+        return self.syncs

@@ -1,6 +1,7 @@
 """The filesystem as a whole: is it btrfs, how big and how full, commit to disk; and the plain file
 calls the pool makes (extended attributes, directory listings), with failures as typed errors."""
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -9,7 +10,8 @@ import shutil
 from pathlib import Path
 
 from btrfs_core import ioctl, mounts
-from btrfs_core.errors import InUse, KernelError
+from btrfs_core.commit import KICKS
+from btrfs_core.errors import BtrfsCoreError, InUse, KernelError
 from btrfs_core.ioctl import error_from_os
 from btrfs_core.models import BlockGroups, FsUsage, PoolSpace
 from btrfs_core.subvolume import opened
@@ -123,16 +125,35 @@ def sync(path: Path) -> None:
         ioctl.call(fd, ioctl.IOC_SYNC, 0, "sync", str(path))
 
 
-def commit(path: Path) -> None:
+def generation(path: Path) -> int:
+    """The id of the running transaction, or of the last one when none runs (FS_INFO): a change made
+    before the call is in a transaction no later than this."""
+    args = ioctl.FsInfoArgs(flags=ioctl.FS_INFO_FLAG_GENERATION)
+    with opened(path) as fd:
+        ioctl.call(fd, ioctl.IOC_FS_INFO, args, "filesystem info", str(path))
+    return int(args.generation)
+
+
+def commit(path: Path) -> int:
     """Commits the running transaction and waits until it is on disk: every change made before the
-    call survives a power cut. Unlike sync it writes no file data, so tenants' dirty data never holds
+    call survives a power cut. Returns the id of the transaction committed (every earlier one is on
+    disk too). Unlike sync it writes no file data, so tenants' dirty data never holds
     it up. START_SYNC attaches to the running transaction (or, while one is committing, waits for it),
-    starts its commit and names it; WAIT_SYNC returns once it is committed. Call it from one thread at
-    a time (GroupCommit does): concurrent START_SYNC calls could wait for the periodic commit."""
+    has the transaction kthread start its commit and names it; WAIT_SYNC returns once it is committed.
+    A START_SYNC whose wakeup the kthread lost is kicked (see btrfs_core.commit)."""
     transid = ctypes.c_uint64()
     with opened(path) as fd:
-        ioctl.call(fd, ioctl.IOC_START_SYNC, transid, "commit", str(path))
+        with KICKS.watching(lambda: start_commit(path)):
+            ioctl.call(fd, ioctl.IOC_START_SYNC, transid, "commit", str(path))
         ioctl.call(fd, ioctl.IOC_WAIT_SYNC, transid, "commit", str(path))
+    return int(transid.value)
+
+
+def start_commit(path: Path) -> None:
+    """START_SYNC alone, its transaction id not asked for: a kick (never raises; the commit it kicks
+    reports its own failure)."""
+    with contextlib.suppress(BtrfsCoreError), opened(path) as fd:
+        ioctl.call(fd, ioctl.IOC_START_SYNC, 0, "commit", str(path))
 
 
 # The kernel never allocates the first MiB of a device (BTRFS_DEVICE_RANGE_RESERVED).

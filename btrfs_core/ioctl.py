@@ -188,6 +188,9 @@ class SendArgs(ctypes.Structure):
 assert ctypes.sizeof(SendArgs) == 72
 
 
+FS_INFO_FLAG_GENERATION = 1 << 1  # fs_info_args.flags in: fill in `generation`
+
+
 class FsInfoArgs(ctypes.Structure):
     _fields_ = [
         ("max_id", u64),

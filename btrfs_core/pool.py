@@ -54,7 +54,7 @@ class Pool:
         self.overprovision = overprovision
         self._fs = backend
         self._lock = threading.Lock()  # guards existence checks, capacity accounting and renames
-        self._commit = GroupCommit(backend.sync)
+        self._commit = GroupCommit(backend.generation, backend.sync)
         self._meta = metadata.MetadataStore(backend)
         self._exclusive_fd: int | None = None
         shared = PoolShared(root, backend, self._meta, self._lock, self._commit)

@@ -33,13 +33,21 @@ MiB = 1 << 20
 
 
 class CountingKernel(KernelBackend):
-    """The kernel backend, counting transaction commits as the fake does."""
+    """The kernel backend, counting transaction commits as the fake does; with the last generation the
+    pool read (the mark its commit had to cover) and the last transaction committed."""
 
     syncs = 0
+    mark = 0
+    committed = 0
 
-    def sync(self) -> None:
+    def generation(self) -> int:
+        self.mark = super().generation()
+        return self.mark
+
+    def sync(self) -> int:
         self.syncs += 1
-        super().sync()
+        self.committed = super().sync()
+        return self.committed
 
 
 Backends = FakeBackend | CountingKernel
@@ -95,7 +103,11 @@ def test_every_mutation_commits_before_returning(pool: Pool, backend: Backends) 
     ):
         before = backend.syncs
         action()
-        assert backend.syncs == before + 1
+        # One commit, or none needed: the transactions the call's changes can be in (up to the
+        # generation it read after them) were all committed already (a retry whose first try was).
+        assert backend.syncs == before + 1 or (
+            isinstance(backend, CountingKernel) and backend.committed >= backend.mark > 0
+        )
 
 
 def test_ids_are_deterministic_and_hostile_ones_never_become_paths(pool: Pool) -> None:

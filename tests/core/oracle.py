@@ -326,6 +326,6 @@ class RecordingBackend(KernelBackend):
         self.changes.append("set_limit")
         super().set_limit(qgroupid, limit)
 
-    def sync(self) -> None:
+    def sync(self) -> int:
         self.changes.append("sync")
-        super().sync()
+        return super().sync()
