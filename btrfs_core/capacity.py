@@ -237,16 +237,17 @@ class Capacities:
         if self._ledger is not None:
             self._ledger.put(volume_id, capacity, qgroup)
 
-    def reserve(self, volume_id: str, size: int) -> None:
+    def reserve(self, volume_id: str, size: int, space: PoolSpace | None = None) -> None:
         """Accounts capacity for a volume, or refuses when the pool cannot hold it.
 
         Only what the volume has not written yet needs room (it has, when it grows). The exact check
         reads what every volume has written; it runs only when the request does not fit even if no
         volume had written a byte (the others' whole promises counted as unwritten): anything that
         fits then fits the exact check too, so the answer is the same, and a pool that is not nearly
-        full answers without reading 10,000 volumes' usage.
+        full answers without reading 10,000 volumes' usage. `space`: the pool's, when the caller read it
+        before taking the lock.
         """
-        space = self._fs.space()
+        space = space or self._fs.space()
         promise = self.ledger.get(volume_id)
         others = self.ledger.promised - (promise.capacity if promise else 0)
         if size > available_bytes(space, others, self._overprovision):

@@ -16,6 +16,7 @@ from btrfs_core import filesystem, ids, metadata
 from btrfs_core.backend import Backend, KernelBackend
 from btrfs_core.capacity import MIN_VOLUME_BYTES as MIN_VOLUME_BYTES
 from btrfs_core.capacity import Capacities, capacity_for, check_capacity, existing_volume
+from btrfs_core.claims import Claims
 from btrfs_core.commit import GroupCommit
 from btrfs_core.errors import BtrfsCoreError, CapacityOutOfRange, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
@@ -34,6 +35,7 @@ from btrfs_core.models import (
 from btrfs_core.qgroups import VolumeQgroups
 from btrfs_core.shared import PoolShared
 from btrfs_core.snapshots import Snapshots, refuse_nested
+from btrfs_core.sources import Sources
 from btrfs_core.staging import Staging
 from btrfs_core.stats import PoolStats
 from btrfs_core.transfer import Transfers
@@ -53,7 +55,8 @@ class Pool:
         self.staging_dir = self._staging.dir
         self.overprovision = overprovision
         self._fs = backend
-        self._lock = threading.Lock()  # guards existence checks, capacity accounting and renames
+        self._lock = threading.RLock()  # guards existence checks, capacity accounting and renames
+        self._claims = Claims(self._lock)  # IDs a create or delete works on outside the lock
         self._commit = GroupCommit(backend.generation, backend.sync)
         self._meta = metadata.MetadataStore(backend)
         self._exclusive_fd: int | None = None
@@ -64,6 +67,7 @@ class Pool:
             shared, self._qgroups, self._staging, self._health.check_writable, self.get_volume
         )
         self._volume_indexes = IndexSet()  # those volume_index made, told of each volume changed in place
+        self._sources = Sources(backend, self._meta, self._snapshots.path, self.volume_path)
         self._tuning = VolumeTuning(
             shared, self.volume_path, self._health.check_writable, self._volume_indexes.forget
         )
@@ -83,7 +87,13 @@ class Pool:
             self._health,
             self._build_volume,
         )
-        self.upkeep = PoolUpkeep(shared, self._staging, self._qgroups, self._capacities, self.list_volume_ids)
+        self.upkeep = PoolUpkeep(
+            shared,
+            self._staging,
+            self._qgroups,
+            self._capacities,
+            lambda: self.list_volume_ids() + self._claims.held(),  # those being built count as there
+        )
 
     @classmethod
     def open(
@@ -202,24 +212,18 @@ class Pool:
         volume_id = self.volume_id(name)
         wanted = dict(metadata or {})
         asked = tuning or TuningRequest()
-        with self._lock:
-            path = self.volumes_dir / volume_id
+        path = self.volumes_dir / volume_id
+        # An empty volume is built outside the pool's lock (it guards only the ledger and staging's
+        # sets); one from a source inside it: under full qgroups no snapshot may join a rescan.
+        with self._claims.claimed(volume_id), self._lock if source else contextlib.nullcontext():
             existing = existing_volume(self._meta, path, name, required, limit, source, wanted, asked)
             if existing is None:
-                size, base = self._source_of(source) if source is not None else (0, NO_TUNING)
+                size, base = self._sources.size_and_tuning(source) if source is not None else (0, NO_TUNING)
                 capacity = capacity_for(required, limit, source, size)
                 tuned = resolve_tuning(asked, base, f"{source.kind.value} {source.id}" if source else name)
                 existing = self._build_volume(volume_id, name, capacity, source, wanted, tuned, base)
         self._commit.commit()
         return existing
-
-    def _source_of(self, source: Source) -> tuple[int, Tuning]:
-        """The least size a volume made from `source` may have, and the tuning it keeps by default."""
-        if source.kind is SourceKind.SNAPSHOT:
-            snapshot = self._meta.snapshot(self._snapshots.path(source.id))
-            return snapshot.size, snapshot.tuning
-        volume = self._meta.volume(self.volume_path(source.id))
-        return volume.capacity, volume.tuning
 
     def _build_volume(
         self,
@@ -234,11 +238,14 @@ class Pool:
         into: Path | None = None,
     ) -> Volume:
         """received: the origin, a subvolume a receive made, its capacity reserved; into: not volumes/."""
-        origin = received or self._source_path(source, capacity)
+        origin = received or self._sources.path(source, capacity)
         into = into or self.volumes_dir / volume_id
-        if received is None:
-            self._capacities.reserve(volume_id, capacity)
         staged = self._staging.path(volume_id)
+        space = self._fs.space() if received is None else None
+        with self._lock:
+            if space is not None:
+                self._capacities.reserve(volume_id, capacity, space)
+            self._staging.busy.add(staged)  # not debris for a clean-up meanwhile
         group = None
         try:
             if origin is not None:
@@ -266,38 +273,27 @@ class Pool:
                 self._meta.forget_snapshot(staged)  # copied from the snapshot
             # The limit on the level-1 qgroup only: a read-only snapshot of the volume inherits
             # nothing from its 0/N.
-            self._capacities.put(volume_id, capacity, group)
             self._fs.set_limit(group, capacity)
             self._fs.rename(staged, into)
         except BaseException:
-            self._capacities.pop(volume_id)
+            with self._lock:
+                self._capacities.pop(volume_id)
             self._staging.discard(staged)
             if group is not None:
                 self._qgroups.drop_group(group)
             raise
+        finally:
+            with self._lock:
+                self._staging.busy.discard(staged)
         # The answer from what was written: the subvolume's id and creation time are all to read.
         volume = metadata.as_volume(volume_id, fields, self._fs.subvolume_info(into))
-        self._qgroups.joined(volume.subvolume_id, group)
+        with self._lock:
+            self._capacities.put(volume_id, capacity, group)
+            self._qgroups.joined(volume.subvolume_id, group)
         if origin is not None:
             # Full qgroups: a snapshot joining a new qgroup leaves its counters inconsistent.
             self._qgroups.rescan_if_inconsistent()
         return volume
-
-    def _source_path(self, source: Source | None, capacity: int) -> Path | None:
-        if source is None:
-            return None
-        if source.kind is SourceKind.SNAPSHOT:
-            path = self._snapshots.path(source.id)
-            size = self._meta.snapshot(path).size
-        else:
-            path = self.volume_path(source.id)
-            size = self._meta.volume(path).capacity
-            refuse_nested(self._fs, path, f"volume {source.id}")
-        if capacity < size:
-            raise CapacityOutOfRange(
-                f"capacity {capacity} is smaller than {source.kind.value} {source.id} ({size} bytes)"
-            )
-        return path
 
     def available_capacity(self) -> int:
         """The largest volume that can be created now (what GetCapacity reports): 0 on a read-only
@@ -315,7 +311,7 @@ class Pool:
         """
         path = self.volume_location(volume_id)
         group = None
-        with self._lock:
+        with self._claims.claimed(volume_id), self._lock:
             trash = None
             if self._fs.is_subvolume(path):
                 published = self._fs.published_targets(path)

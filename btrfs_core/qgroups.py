@@ -32,6 +32,8 @@ class VolumeQgroups:
         self._fs, self._meta, self._lock, self._commit = shared.fs, shared.meta, shared.lock, shared.commit
         self._list_volumes = list_volumes
         self._volume_groups: dict[int, int] | None = None  # read on first use (see known)
+        # Made for a volume being built (outside the lock), which no volume names yet: not orphans.
+        self._unnamed: set[int] = set()
 
     def ensure_quota(self, wanted: str) -> None:
         """Turns quotas on when they are off: in the configured mode, or with "auto" in the mode the
@@ -63,13 +65,23 @@ class VolumeQgroups:
             self._meta.record_quota_mode(self.root, mode)
 
     def new_group(self) -> int:
+        """A new level-1 qgroup, no orphan until joined (or dropped)."""
         group = quota.LEVEL1 | _GROUP_MARK | secrets.randbits(47)
-        self._fs.create_qgroup(group)
+        with self._lock:
+            self._unnamed.add(group)
+        try:
+            self._fs.create_qgroup(group)
+        except BaseException:
+            with self._lock:
+                self._unnamed.discard(group)
+            raise
         return group
 
     def drop_group(self, group: int) -> bool:
         """Destroys a volume's level-1 qgroup; False when it cannot go yet (a member the cleaner has
         not dropped: EBUSY): repair_quotas retries it as an orphan."""
+        with self._lock:
+            self._unnamed.discard(group)
         try:
             self._fs.destroy_qgroup(group)
         except NotFound:
@@ -160,7 +172,8 @@ class VolumeQgroups:
                 except BtrfsCoreError as exc:
                     log.warning("quota of volume %s not repaired: %s", volume.id, exc)
             self._volume_groups = named
-            counts["orphans_removed"] = self._remove_orphan_groups(set(groups) - set(named.values()))
+            unnamed = set(groups) - set(named.values()) - self._unnamed
+            counts["orphans_removed"] = self._remove_orphan_groups(unnamed)
         repairs = QuotaRepairs(**counts)
         if repairs != QuotaRepairs():
             self._commit.commit()
@@ -183,6 +196,7 @@ class VolumeQgroups:
             meta = self._meta.read(path)
             meta["qgroup"] = group
             self._meta.write(path, meta)  # from here on the qgroup is the volume's, not an orphan
+            self._unnamed.discard(group)
             self._fs.assign_qgroup(volume.subvolume_id, group, True)
             on_migrated(volume, group)
             log.info("volume %s migrated to its own qgroup %s", volume.id, quota.show(group))
@@ -318,6 +332,7 @@ class VolumeQgroups:
     def joined(self, subvolume_id: int, group: int) -> None:
         """A new volume's subvolume and its qgroup (needs the lock; nothing to do before the first read,
         which lists the volume: reading 10,000 volumes is not the first create's business)."""
+        self._unnamed.discard(group)
         if self._volume_groups is not None:
             self._volume_groups[subvolume_id] = group
 

@@ -14,5 +14,5 @@ class PoolShared:
     root: Path
     fs: Backend
     meta: MetadataStore
-    lock: threading.Lock  # guards existence checks, capacity accounting, renames, the qgroup index
+    lock: threading.RLock  # guards existence checks, capacity accounting, renames, the qgroup index
     commit: GroupCommit

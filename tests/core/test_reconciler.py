@@ -130,8 +130,9 @@ def test_capacity_of_a_volume_deleted_by_hand_is_released(pool: Pool) -> None:
 
 @pytest.mark.kernel
 def test_in_flight_creates_are_never_cleared(pool: Pool) -> None:
-    # Pool.create_volume holds the pool lock for its whole staging phase and clear_staging takes the
-    # same lock: a reconciler running flat out must never see (and delete) a volume being built.
+    # Pool.create_volume marks what it builds outside the pool lock (its staged subvolume, its new
+    # qgroup, its reserved capacity) and the upkeep takes that lock: a reconciler running flat out must
+    # never delete a volume being built, nor its qgroup.
     observer = Recorder()
     reconciler = Reconciler(pool, observer, interval=0.001)
     reconciler.start()
