@@ -4,11 +4,15 @@ sees it (the contract suite runs the same tests on both) but enforces no limit o
 """
 
 import errno
+import functools
 import os
 import shutil
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from btrfs_core.backend import PlainFiles
 from btrfs_core.errors import AlreadyExists, InUse, InvalidArgument, KernelError, NotFound, ReadOnly
@@ -23,15 +27,36 @@ from btrfs_core.models import (
     Tuning,
 )
 
+C = TypeVar("C", bound=type)
 _ID_XATTR = "user.fake-btrfs.id"
 _LEVEL1 = 1 << 48
 _TOP_LEVEL = 5
 
 
+def _one_call_at_a_time(cls: C) -> C:
+    """The kernel takes concurrent calls (the pool makes them: it holds its lock around no kernel
+    call); the fake's dictionaries do not: each of its own methods runs under one lock."""
+    for name, method in list(vars(cls).items()):
+        if callable(method) and not name.startswith("_"):
+            setattr(cls, name, _locked(method))
+    return cls
+
+
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: "FakeBackend", *args: Any, **kwargs: Any) -> Any:
+        with self._calls:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
+@_one_call_at_a_time
 class FakeBackend(PlainFiles):
     metadata_xattr = "user.btrfs-csi"
 
     def __init__(self, root: Path, size: int = 1 << 30) -> None:
+        self._calls = threading.RLock()
         self.root = root
         self.size = size
         self.mode = QuotaMode.OFF
