@@ -65,5 +65,5 @@ def start_peer_endpoint(
         raise ServeError(f"--peer-address {address}: cannot listen ({detail})")
     server.start()
     client = PeerClient(config.node_id, directory, tls)
-    remote = RemoteCreates(pool, client, observer, config.transfer_idle_seconds)
+    remote = RemoteCreates(pool, client, observer, config.transfer_idle_seconds, locks)
     return PeerEndpoint(server, client, remote, port)

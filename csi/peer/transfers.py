@@ -24,6 +24,7 @@ from btrfs_core.models import Source, SourceKind, TuningRequest, Volume
 from btrfs_core.pool import Pool
 from btrfs_core.transfer import Received
 from csi.errors import CsiError, aborted, unavailable
+from csi.locks import KeyedTryLock, volume_key
 from csi.peer.client import PeerClient
 from csi.peer.observer import RECEIVED, TransferObserver
 
@@ -51,7 +52,6 @@ class Transfer:
     node: str  # where the source is
     size: int  # the source's size there
     asked: float  # monotonic time the last CreateVolume that asked for it stopped waiting
-    waiting: int = 0  # CreateVolume calls waiting for it now: it is not idle (RemoteCreates' lock)
     moved: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     collected: threading.Event = field(default_factory=threading.Event)
@@ -76,9 +76,15 @@ class Transfer:
 
 class RemoteCreates:
     def __init__(
-        self, pool: Pool, client: PeerClient, observer: TransferObserver, idle_seconds: float
+        self,
+        pool: Pool,
+        client: PeerClient,
+        observer: TransferObserver,
+        idle_seconds: float,
+        locks: KeyedTryLock,
     ) -> None:
         self._pool = pool
+        self._locks = locks  # the CSI servicers': a Create- or DeleteVolume of the ID holds its key
         self._client = client
         self._observer = observer
         self._idle_seconds = idle_seconds
@@ -128,8 +134,8 @@ class RemoteCreates:
         transfer.collected.set()
         if transfer.error is not None:
             raise transfer.error
-        if received is None:  # cancelled as it ended: nobody had asked for it for idle_seconds
-            raise aborted(f"volume {volume_id}: its transfer was cancelled; retry to start it afresh")
+        # Only a call holding the volume's key cancels a transfer (a delete, _watch): not meanwhile.
+        assert received is not None
         try:
             return self._pool.transfers.claim(received)
         except BaseException:
@@ -137,15 +143,12 @@ class RemoteCreates:
             raise
 
     def _joined(self, transfer: Transfer, wait: float) -> bool:
-        """Whether the transfer ends within `wait` seconds; it is not idle while a call waits for it."""
-        with self._lock:
-            transfer.waiting += 1
+        """Whether the transfer ends within `wait` seconds; it is idle at the earliest from the end of
+        the wait (the caller holds the volume's key meanwhile, which _watch needs)."""
         try:
             return transfer.done.wait(wait)
         finally:
-            with self._lock:
-                transfer.waiting -= 1
-                transfer.asked = time.monotonic()
+            transfer.asked = time.monotonic()
 
     def forget(self, volume_id: str, wait: float) -> None:
         """A DeleteVolume of `volume_id`: cancels its transfer, if any, and returns once the transfer has
@@ -261,21 +264,28 @@ class RemoteCreates:
             raise _stream_error(transfer, exc) from None
 
     def _watch(self, transfer: Transfer) -> None:
-        """Cancels the transfer (and removes what it received) once nobody has asked for it for a while."""
+        """Cancels the transfer (and removes what it received) once nobody has asked for it for a while.
+        It holds the volume's key meanwhile: a CreateVolume or DeleteVolume of the ID in progress means
+        it is not idle, and one that comes meanwhile is ABORTED until nothing of the transfer is left."""
         while True:
             remaining = transfer.asked + self._idle_seconds - time.monotonic()
             if remaining <= 0:
-                with self._lock:
-                    if self._transfers.get(transfer.volume_id) is not transfer:
-                        return  # forgotten by a delete, which cancelled it
-                    if not transfer.waiting:
-                        del self._transfers[transfer.volume_id]
-                        running = not transfer.done.is_set()
-                        received = transfer.cancel()
-                        break
-                remaining = self._idle_seconds  # a call waits for it: idle at the earliest once it left
+                try:
+                    with self._locks.hold(volume_key(transfer.volume_id)):
+                        self._cancel_idle(transfer)
+                        return
+                except CsiError:  # a call of this ID holds it: idle at the earliest once it left
+                    remaining = self._idle_seconds
             if transfer.collected.wait(remaining):
                 return
+
+    def _cancel_idle(self, transfer: Transfer) -> None:
+        with self._lock:
+            if self._transfers.get(transfer.volume_id) is not transfer:
+                return  # forgotten by a delete, which cancelled it
+            del self._transfers[transfer.volume_id]
+            running = not transfer.done.is_set()
+            received = transfer.cancel()
         if received is not None:
             self._pool.transfers.abandon(received)
         elif not running:
