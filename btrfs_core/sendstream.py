@@ -7,6 +7,7 @@ import errno
 import fcntl
 import functools
 import os
+import signal
 import struct
 import subprocess
 import tempfile
@@ -65,6 +66,10 @@ def send(path: Path, out: Sink, progress: Progress | None = None) -> int:
         failures: list[BaseException] = []
 
         def kernel_send() -> None:
+            # A signal delivered to this thread while the kernel waits on the pipe ends the ioctl with
+            # ERESTARTSYS, and a restarted send begins the stream again in the middle of the first: the
+            # receiver sees a corrupt stream. Process signals go to the other threads instead.
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
             try:
                 args = ioctl.SendArgs(send_fd=write_end)
                 ioctl.call(subvolume, ioctl.IOC_SEND, args, "send", str(path))

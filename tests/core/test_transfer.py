@@ -1,9 +1,11 @@
 """Snapshots that travel, on the real kernel: send streams out of one loop pool, received into another."""
 
+import contextlib
 import dataclasses
 import io
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -98,6 +100,48 @@ def test_a_send_into_a_file_descriptor_writes_the_same_stream(
         sent = pools.a.transfers.send_snapshot(populated, out.fileno())
     assert (tmp_path / "stream").read_bytes() == to_writer.getvalue()
     assert sent == len(to_writer.getvalue())
+
+
+class SlowWriter(io.BytesIO):
+    """A sink slower than the kernel: the send waits on a full pipe most of the time."""
+
+    def write(self, data: "bytes | bytearray | memoryview") -> int:  # type: ignore[override]
+        time.sleep(0.02)
+        return super().write(data)
+
+
+def test_signals_during_a_send_do_not_restart_its_stream(pools: Pools, populated: str) -> None:
+    """A signal that reaches the thread in BTRFS_IOC_SEND while it waits on the pipe would end the ioctl
+    (EINTR) or restart it, a second stream begun inside the first; the sending thread blocks them."""
+    undisturbed = stream_of(pools.a, populated)
+    signals: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: signals.append(number))
+    out = SlowWriter()
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            pools.a.transfers.send_snapshot(populated, out)
+        except BaseException as exc:
+            failures.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    kills = 0
+    try:
+        while sender.is_alive():
+            for thread in threading.enumerate():
+                if thread.name == f"send {populated}" and thread.ident is not None:
+                    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                        signal.pthread_kill(thread.ident, signal.SIGUSR1)
+                        kills += 1
+            time.sleep(0.001)
+    finally:
+        sender.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert kills > 10
+    assert failures == []
+    assert out.getvalue() == undisturbed
 
 
 def test_a_volume_is_sent_through_a_temporary_snapshot_that_is_removed(pools: Pools, tmp_path: Path) -> None:
