@@ -8,7 +8,7 @@ Two loop pools of 4 GiB, a `btrfs-csi serve` process on each (node-a, node-b), p
 node-a and a snapshot of it. Timed, interleaved, each to data committed in pool B:
   - pipe:  `btrfs send <snapshot> | btrfs receive <pool B>`, then `sync -f` of pool B;
   - peers: CreateVolume on node-b's CSI socket from the snapshot, retried as the provisioner does
-    until OK (the transfer runs in the background: Locate, Send over TLS, pool.transfers.receive_volume).
+    until OK (the transfer runs in the background: Locate, Send over TLS, pool.transfers.receive, claim).
 Prints the medians and the ratio of the peers' throughput to the pipe's; goal >= 0.8x, exit 1 when missed.
 """
 

@@ -5,7 +5,7 @@
 Two loop pools of 4 GiB; a volume of 1 GiB of random data (incompressible) in pool A and a snapshot of
 it. Timed, interleaved, each to data on disk in pool B:
   - pipe:   `btrfs send <snapshot> | btrfs receive <pool B>`, then `sync -f` of pool B;
-  - driver: pool.transfers.send_snapshot in a thread into a pipe, receive_volume from it (commits);
+  - driver: pool.transfers.send_snapshot in a thread into a pipe, receive + claim from it (commits);
   - parser: the pipe's stream read by Python, its write commands parsed and written with pwrite(2),
     every other command skipped: what a receiver of our own could at best reach (no checksums, no
     clones, no metadata), to judge the choice of `btrfs receive` as the receiver (sendstream.py).
@@ -72,8 +72,10 @@ def driver_round(a: Pool, b: Pool, snapshot_id: str, name: str) -> None:
     sender = threading.Thread(target=send)
     sender.start()
     try:
-        b.transfers.receive_volume(
-            name, 0, Source(SourceKind.SNAPSHOT, snapshot_id), DATA_BYTES + GiB // 4, read_end
+        b.transfers.claim(
+            b.transfers.receive(
+                name, 0, Source(SourceKind.SNAPSHOT, snapshot_id), DATA_BYTES + GiB // 4, read_end
+            )
         )
     finally:
         os.close(read_end)

@@ -114,23 +114,6 @@ class Transfers:
         finally:
             self._release(staged)
 
-    def receive_volume(
-        self,
-        name: str,
-        required: int,
-        source: Source,
-        size: int,
-        stream: ByteSource,
-        metadata: Mapping[str, str] | None = None,
-        limit: int = 0,
-        tuning: TuningRequest | None = None,
-        progress: Progress | None = None,
-    ) -> Volume:
-        """receive, then claim: the volume, visible and committed."""
-        return self.claim(
-            self.receive(name, required, source, size, stream, metadata, limit, tuning, progress)
-        )
-
     def receive(
         self,
         name: str,

@@ -257,8 +257,8 @@ def send_in_thread(send: Callable[[int], int]) -> tuple[int, threading.Thread]:
 def receive(pools: Pools, name: str, send: Callable[[int], int], source: Source, size: int) -> Volume:
     read_end, thread = send_in_thread(send)
     try:
-        return pools.b.transfers.receive_volume(
-            name, 0, source, size, read_end, {"csi.storage.k8s.io/pvc/name": name}
+        return pools.b.transfers.claim(
+            pools.b.transfers.receive(name, 0, source, size, read_end, {"csi.storage.k8s.io/pvc/name": name})
         )
     finally:
         os.close(read_end)
@@ -303,7 +303,9 @@ def test_progress_is_told_the_bytes_moved_after_each_chunk(pools: Pools, populat
     read_end, thread = send_in_thread(lambda fd: pools.a.transfers.send_snapshot(populated, fd, sent.append))
     try:
         source = Source(SourceKind.SNAPSHOT, populated)
-        pools.b.transfers.receive_volume("with-progress", 0, source, size, read_end, progress=received.append)
+        pools.b.transfers.claim(
+            pools.b.transfers.receive("with-progress", 0, source, size, read_end, progress=received.append)
+        )
     finally:
         os.close(read_end)
         thread.join(timeout=60)
@@ -324,13 +326,17 @@ def test_a_restore_is_idempotent_and_reads_no_stream_when_the_volume_exists(
         pools, "restored-twice", lambda fd: pools.a.transfers.send_snapshot(populated, fd), source, size
     )
     untouched = UntouchedStream()
-    again = pools.b.transfers.receive_volume(
-        "restored-twice", 0, source, size, untouched, {"csi.storage.k8s.io/pvc/name": "restored-twice"}
+    again = pools.b.transfers.claim(
+        pools.b.transfers.receive(
+            "restored-twice", 0, source, size, untouched, {"csi.storage.k8s.io/pvc/name": "restored-twice"}
+        )
     )
     assert again == first and not untouched.read
     with pytest.raises(AlreadyExists):
-        pools.b.transfers.receive_volume(
-            "restored-twice", 0, Source(SourceKind.SNAPSHOT, "other"), size, untouched
+        pools.b.transfers.claim(
+            pools.b.transfers.receive(
+                "restored-twice", 0, Source(SourceKind.SNAPSHOT, "other"), size, untouched
+            )
         )
     assert not untouched.read
 
@@ -380,11 +386,13 @@ def test_capacity_is_refused_before_any_byte_is_read(pools: Pools) -> None:
     untouched = UntouchedStream()
     before = pools.b.available_capacity()
     with pytest.raises(InsufficientCapacity):
-        pools.b.transfers.receive_volume("too-big", 64 << 30, source, 64 * MiB, untouched)
+        pools.b.transfers.claim(pools.b.transfers.receive("too-big", 64 << 30, source, 64 * MiB, untouched))
     with pytest.raises(CapacityOutOfRange, match="smaller than snapshot far-away"):
-        pools.b.transfers.receive_volume("too-small", 16 * MiB, source, 64 * MiB, untouched)
+        pools.b.transfers.claim(pools.b.transfers.receive("too-small", 16 * MiB, source, 64 * MiB, untouched))
     with pytest.raises(CapacityOutOfRange):
-        pools.b.transfers.receive_volume("too-small", 0, source, 64 * MiB, untouched, limit=32 * MiB)
+        pools.b.transfers.claim(
+            pools.b.transfers.receive("too-small", 0, source, 64 * MiB, untouched, limit=32 * MiB)
+        )
     assert not untouched.read
     assert pools.b.available_capacity() == before
     assert os.listdir(pools.b.staging_dir) == []
@@ -398,8 +406,10 @@ def test_capacity_is_refused_before_any_byte_is_read(pools: Pools) -> None:
 def test_a_stream_that_is_no_full_send_stream_is_refused(pools: Pools, stream: bytes) -> None:
     before = pools.b.available_capacity()
     with pytest.raises(InvalidArgument, match="send stream"):
-        pools.b.transfers.receive_volume(
-            "bad-stream", 0, Source(SourceKind.SNAPSHOT, "x"), 16 * MiB, io.BytesIO(stream)
+        pools.b.transfers.claim(
+            pools.b.transfers.receive(
+                "bad-stream", 0, Source(SourceKind.SNAPSHOT, "x"), 16 * MiB, io.BytesIO(stream)
+            )
         )
     assert os.listdir(pools.b.staging_dir) == []
     assert pools.b.available_capacity() == before
@@ -418,8 +428,8 @@ def test_a_stream_cut_short_makes_no_volume(pools: Pools, populated: str) -> Non
     cut = whole[: len(whole) // 2]
     before = pools.b.available_capacity()
     with pytest.raises(BtrfsCoreError, match="btrfs receive exited"):
-        pools.b.transfers.receive_volume(
-            "cut-short", 0, Source(SourceKind.SNAPSHOT, populated), 64 * MiB, [cut]
+        pools.b.transfers.claim(
+            pools.b.transfers.receive("cut-short", 0, Source(SourceKind.SNAPSHOT, populated), 64 * MiB, [cut])
         )
     assert os.listdir(pools.b.staging_dir) == []
     assert pools.b.available_capacity() == before
@@ -466,7 +476,8 @@ from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import Pool
 root, snapshot_id, size, fd = sys.argv[1:]
 source = Source(SourceKind.SNAPSHOT, snapshot_id)
-Pool.open(root).transfers.receive_volume("killed-midway", 0, source, int(size), int(fd))
+transfers = Pool.open(root).transfers
+transfers.claim(transfers.receive("killed-midway", 0, source, int(size), int(fd)))
 """
 
 
@@ -541,8 +552,10 @@ def test_a_receiver_that_is_not_installed_is_an_error_that_says_so(
     stream = stream_of(pools.a, populated)
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(BtrfsCoreError, match="cannot run setpriv"):
-        pools.b.transfers.receive_volume(
-            "no-receiver", 0, Source(SourceKind.SNAPSHOT, populated), 64 * MiB, [stream]
+        pools.b.transfers.claim(
+            pools.b.transfers.receive(
+                "no-receiver", 0, Source(SourceKind.SNAPSHOT, populated), 64 * MiB, [stream]
+            )
         )
     assert os.listdir(pools.b.staging_dir) == []
     with pytest.raises(NotFound):
@@ -580,8 +593,8 @@ def test_a_restore_keeps_its_sources_compression_unless_asked_otherwise(pools: P
     read_end, thread = send_in_thread(lambda fd: pools.a.transfers.send_snapshot(snapshot.id, fd))
     try:
         lzo = TuningRequest(compression=Compression.parse("lzo"))
-        changed = pools.b.transfers.receive_volume(
-            "changed-compression", 0, source, snapshot.size, read_end, tuning=lzo
+        changed = pools.b.transfers.claim(
+            pools.b.transfers.receive("changed-compression", 0, source, snapshot.size, read_end, tuning=lzo)
         )
     finally:
         os.close(read_end)
@@ -591,5 +604,7 @@ def test_a_restore_keeps_its_sources_compression_unless_asked_otherwise(pools: P
     untouched = UntouchedStream()
     both = TuningRequest(compression=Compression.parse("zstd"), nodatacow=True)
     with pytest.raises(InvalidArgument, match="nodatacow"):
-        pools.b.transfers.receive_volume("refused-tuning", 0, source, snapshot.size, untouched, tuning=both)
+        pools.b.transfers.claim(
+            pools.b.transfers.receive("refused-tuning", 0, source, snapshot.size, untouched, tuning=both)
+        )
     assert not untouched.read

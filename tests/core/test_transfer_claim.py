@@ -90,7 +90,7 @@ def test_the_capacity_of_a_volume_being_received_is_not_released_as_vanished(
 
     def receive() -> None:
         try:
-            pool.transfers.receive_volume("arriving", 0, SOURCE, 32 * MiB, read_end)
+            pool.transfers.claim(pool.transfers.receive("arriving", 0, SOURCE, 32 * MiB, read_end))
         except BaseException as exc:
             failed.append(exc)
 
