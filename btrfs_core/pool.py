@@ -243,6 +243,8 @@ class Pool:
         staged = self._staging.path(volume_id)
         space = self._fs.space() if received is None else None
         with self._lock:
+            if received is None and volume_id in self._capacities.arriving:  # its staging path, its promise
+                raise InUse(f"volume {volume_id} is being received: claim or abandon it first")
             if space is not None:
                 self._capacities.reserve(volume_id, capacity, space)
             self._staging.busy.add(staged)  # not debris for a clean-up meanwhile

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from btrfs_core.errors import NotFound
+from btrfs_core.errors import InUse, NotFound
 from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import Pool
 from tests.conftest import kernel_skip_reason
@@ -67,6 +67,19 @@ def test_a_received_volume_is_out_of_sight_until_claimed(pools: tuple[Pool, Pool
     assert (pool.volume_path("claimed") / "data").stat().st_size == MiB
     assert os.listdir(pool.staging_dir) == []
     pool.delete_volume("claimed")
+
+
+def test_a_local_create_of_a_volume_waiting_for_its_claim_is_refused(pools: tuple[Pool, Pool]) -> None:
+    """A create of the same name would build in the received volume's staging path and, failing there,
+    remove it and its promise: the controller's per-volume lock keeps such calls apart, the core too."""
+    sender, pool = pools
+    received = pool.transfers.receive("waiting", 0, SOURCE, 32 * MiB, [stream(sender)])
+    with pytest.raises(InUse, match="being received"):
+        pool.create_volume("waiting", 32 * MiB)
+    volume = pool.transfers.claim(received)
+    assert (pool.volume_path("waiting") / "data").stat().st_size == MiB
+    assert pool.create_volume("waiting", 32 * MiB, SOURCE) == volume  # now the repeated create it is
+    pool.delete_volume("waiting")
 
 
 def test_an_abandoned_volume_leaves_nothing(pools: tuple[Pool, Pool]) -> None:
