@@ -331,6 +331,8 @@ class Pool:
                 self._fs.rename(path, trash)
                 self._staging.trash.add(trash)
                 self._qgroups.left(info.id)
+            elif volume_id in self._capacities.arriving:  # its promise is the receive's to release
+                raise InUse(f"volume {volume_id} is being received: abandon it first")
             self._capacities.pop(volume_id)
         if trash is not None:
             try:

@@ -69,13 +69,16 @@ def test_a_received_volume_is_out_of_sight_until_claimed(pools: tuple[Pool, Pool
     pool.delete_volume("claimed")
 
 
-def test_a_local_create_of_a_volume_waiting_for_its_claim_is_refused(pools: tuple[Pool, Pool]) -> None:
-    """A create of the same name would build in the received volume's staging path and, failing there,
-    remove it and its promise: the controller's per-volume lock keeps such calls apart, the core too."""
+def test_a_volume_waiting_for_its_claim_refuses_a_local_create_or_delete(pools: tuple[Pool, Pool]) -> None:
+    """A create of the same name would build a second volume and replace the received one's promise, a
+    delete would release that promise: the controller's per-volume lock keeps such calls apart, and so
+    does the core."""
     sender, pool = pools
     received = pool.transfers.receive("waiting", 0, SOURCE, 32 * MiB, [stream(sender)])
     with pytest.raises(InUse, match="being received"):
         pool.create_volume("waiting", 32 * MiB)
+    with pytest.raises(InUse, match="being received"):  # it would release the receive's promise
+        pool.delete_volume(Pool.volume_id("waiting"))
     volume = pool.transfers.claim(received)
     assert (pool.volume_path("waiting") / "data").stat().st_size == MiB
     assert pool.create_volume("waiting", 32 * MiB, SOURCE) == volume  # now the repeated create it is
