@@ -71,7 +71,6 @@ class Kicks:
         self._keys = 0
         self._idle = True  # the watcher waits for a call to watch (or has not started)
         self._watcher: threading.Thread | None = None
-        self.kicked = 0  # kicks issued, for tests and benchmarks
 
     @contextlib.contextmanager
     def watching(self, kick: Callable[[], None]) -> Iterator[None]:
@@ -103,7 +102,6 @@ class Kicks:
                 for key, (due, kick) in list(self._watched.items()):
                     if due <= now:
                         self._watched[key] = (now + self._after, kick)
-                        self.kicked += 1
                         threading.Thread(target=kick, name="commit-kick", daemon=True).start()
 
 
