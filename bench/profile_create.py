@@ -54,6 +54,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("btrfs_core/capacity.py", "", "capacity ledger"),
     ("btrfs_core/metadata.py", "", "core: other Python (metadata, names, staging)"),
     ("btrfs_core/pool.py", "", "core: other Python (metadata, names, staging)"),
+    ("btrfs_core/builder.py", "", "core: other Python (metadata, names, staging)"),
     ("btrfs_core/qgroups.py", "", "core: other Python (metadata, names, staging)"),
     ("btrfs_core/staging.py", "", "core: other Python (metadata, names, staging)"),
     ("logging/", "", "logging"),

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from btrfs_core import filesystem, ids, metadata
 from btrfs_core.backend import Backend, KernelBackend
+from btrfs_core.builder import VolumeBuilder
 from btrfs_core.capacity import MIN_VOLUME_BYTES as MIN_VOLUME_BYTES
 from btrfs_core.capacity import Capacities, capacity_for, check_capacity, existing_volume
 from btrfs_core.claims import Claims
@@ -27,14 +28,12 @@ from btrfs_core.models import (
     Compression,
     Snapshot,
     Source,
-    SourceKind,
-    Tuning,
     TuningRequest,
     Volume,
 )
 from btrfs_core.qgroups import VolumeQgroups
 from btrfs_core.shared import PoolShared
-from btrfs_core.snapshots import Snapshots, refuse_nested
+from btrfs_core.snapshots import Snapshots
 from btrfs_core.sources import Sources
 from btrfs_core.staging import Staging
 from btrfs_core.stats import PoolStats
@@ -78,6 +77,9 @@ class Pool:
             overprovision,
             lambda: [self.volumes_dir / entry for entry in self._ids(self.volumes_dir)],
         )
+        self._builder = VolumeBuilder(
+            shared, self._staging, self._capacities, self._qgroups, self._health, self._sources.path
+        )
         self.transfers = Transfers(
             shared,
             self._qgroups,
@@ -85,7 +87,7 @@ class Pool:
             self._capacities,
             self._snapshots,
             self._health,
-            self._build_volume,
+            self._builder.build,
         )
         self.upkeep = PoolUpkeep(
             shared,
@@ -221,81 +223,9 @@ class Pool:
                 size, base = self._sources.size_and_tuning(source) if source is not None else (0, NO_TUNING)
                 capacity = capacity_for(required, limit, source, size)
                 tuned = resolve_tuning(asked, base, f"{source.kind.value} {source.id}" if source else name)
-                existing = self._build_volume(volume_id, name, capacity, source, wanted, tuned, base)
+                existing = self._builder.build(volume_id, name, capacity, source, wanted, tuned, base)
         self._commit.commit()
         return existing
-
-    def _build_volume(
-        self,
-        volume_id: str,
-        name: str,
-        capacity: int,
-        source: Source | None,
-        meta: dict[str, str],
-        tuned: Tuning,
-        base: Tuning,
-        received: Path | None = None,
-        into: Path | None = None,
-    ) -> Volume:
-        """received: the origin, a subvolume a receive made, its capacity reserved; into: not volumes/."""
-        origin = received or self._sources.path(source, capacity)
-        into = into or self.volumes_dir / volume_id
-        staged = self._staging.path(volume_id)
-        space = self._fs.space() if received is None else None
-        with self._lock:
-            if received is None and volume_id in self._capacities.arriving:  # its staging path, its promise
-                raise InUse(f"volume {volume_id} is being received: claim or abandon it first")
-            if space is not None:
-                self._capacities.reserve(volume_id, capacity, space)
-            self._staging.busy.add(staged)  # not debris for a clean-up meanwhile
-        group = None
-        try:
-            if origin is not None:
-                self._qgroups.after_rescan()
-            # The level-1 qgroup first, the subvolume born inside it: a crash in between leaves an
-            # empty qgroup that no volume names, which repair_quotas removes.
-            try:
-                group = self._qgroups.new_group()
-            except BtrfsCoreError:
-                # Read-only pool or quotas turned off: refused with the reason. Looked at only when the
-                # first change fails, not before every create (a statfs and a quota-tree search).
-                self._health.check_writable(limits=True)
-                raise
-            if origin is None:
-                self._fs.create_subvolume(staged, group)
-            else:
-                self._fs.snapshot(origin, staged, readonly=False, qgroup=group)
-                if source and source.kind is SourceKind.VOLUME:  # one a pod nested meanwhile
-                    refuse_nested(self._fs, origin, f"volume {source.id}")
-            if tuned != base:  # a new subvolume has none; a snapshot carries its source's
-                self._fs.apply_tuning(staged, tuned)
-            fields = metadata.volume_fields(name, capacity, group, source, meta, tuned)
-            self._meta.write(staged, fields)
-            if source and source.kind is SourceKind.SNAPSHOT:
-                self._meta.forget_snapshot(staged)  # copied from the snapshot
-            # The limit on the level-1 qgroup only: a read-only snapshot of the volume inherits
-            # nothing from its 0/N.
-            self._fs.set_limit(group, capacity)
-            self._fs.rename(staged, into)
-        except BaseException:
-            with self._lock:
-                self._capacities.pop(volume_id)
-            self._staging.discard(staged)
-            if group is not None:
-                self._qgroups.drop_group(group)
-            raise
-        finally:
-            with self._lock:
-                self._staging.busy.discard(staged)
-        # The answer from what was written: the subvolume's id and creation time are all to read.
-        volume = metadata.as_volume(volume_id, fields, self._fs.subvolume_info(into))
-        with self._lock:
-            self._capacities.put(volume_id, capacity, group)
-            self._qgroups.joined(volume.subvolume_id, group)
-        if origin is not None:
-            # Full qgroups: a snapshot joining a new qgroup leaves its counters inconsistent.
-            self._qgroups.rescan_if_inconsistent()
-        return volume
 
     def available_capacity(self) -> int:
         """The largest volume that can be created now (what GetCapacity reports): 0 on a read-only

@@ -38,7 +38,7 @@ T = TypeVar("T")
 # limit, but a stream that would fill the pool is a sender gone wrong.
 _STREAM_PER_CAPACITY, _STREAM_COMMAND_BYTES = 2, 64 << 20
 
-# Pool._build_volume: the volume made from a received subvolume, its capacity reserved already, renamed
+# VolumeBuilder.build: the volume made from a received subvolume, its capacity reserved already, renamed
 # to the path given last.
 BuildVolume = Callable[
     [str, str, int, Source | None, dict[str, str], Tuning, Tuning, Path | None, Path | None], Volume
