@@ -140,10 +140,11 @@ def commit(path: Path) -> int:
     disk too). Unlike sync it writes no file data, so tenants' dirty data never holds
     it up. START_SYNC attaches to the running transaction (or, while one is committing, waits for it),
     has the transaction kthread start its commit and names it; WAIT_SYNC returns once it is committed.
-    A START_SYNC whose wakeup the kthread lost is kicked (see btrfs_core.commit)."""
+    A START_SYNC whose wakeup the kthread lost is kicked once no commit is in progress (see
+    btrfs_core.commit)."""
     transid = ctypes.c_uint64()
     with opened(path) as fd:
-        with KICKS.watching(lambda: start_commit(path)):
+        with KICKS.watching(lambda: start_commit(path), lambda: wait_commits(path)):
             ioctl.call(fd, ioctl.IOC_START_SYNC, transid, "commit", str(path))
         ioctl.call(fd, ioctl.IOC_WAIT_SYNC, transid, "commit", str(path))
     return int(transid.value)
@@ -154,6 +155,13 @@ def start_commit(path: Path) -> None:
     reports its own failure)."""
     with contextlib.suppress(BtrfsCoreError), opened(path) as fd:
         ioctl.call(fd, ioctl.IOC_START_SYNC, 0, "commit", str(path))
+
+
+def wait_commits(path: Path) -> None:
+    """WAIT_SYNC for no transaction in particular: returns once the commit in progress, if any, is on
+    disk (what a kick waits for). Never raises: a failed commit reports it to its own caller."""
+    with contextlib.suppress(BtrfsCoreError), opened(path) as fd:
+        ioctl.call(fd, ioctl.IOC_WAIT_SYNC, 0, "wait for a commit", str(path))
 
 
 # The kernel never allocates the first MiB of a device (BTRFS_DEVICE_RANGE_RESERVED).

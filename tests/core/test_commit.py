@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from btrfs_core import filesystem, ioctl, quota, subvolume
-from btrfs_core.commit import GroupCommit
+from btrfs_core.commit import GroupCommit, Kicks
 from btrfs_core.pool import Pool
 from tests.tenant import as_pod, hand_to_pod
 
@@ -104,3 +104,19 @@ def test_a_tenants_commit_does_not_hold_up_the_pools_commits(btrfs_mount: Path) 
         finally:
             filesystem.start_commit(btrfs_mount)  # a create still waiting must end before the unmount
             created.wait(STALL_DEADLINE)
+
+
+def test_a_kick_waits_until_no_commit_is_in_progress() -> None:
+    """A kick sent while the kthread writes a commit is lost and blocks its thread until the commit it
+    asks for starts (btrfs_core.commit): one that falls due is sent once `quiet` has returned."""
+    committed, asked, kicked = threading.Event(), threading.Event(), threading.Event()
+
+    def quiet() -> None:  # as WAIT_SYNC does while a commit is in progress
+        asked.set()
+        committed.wait()
+
+    with Kicks(after=0.001).watching(kicked.set, quiet):
+        assert asked.wait(STALL_DEADLINE), "no kick fell due"
+        assert not kicked.is_set(), "kicked while a commit was in progress"
+        committed.set()
+        assert kicked.wait(STALL_DEADLINE), "no kick once the commit was on disk"
