@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.e2e.cluster import DRIVER_IMAGE
+from tests.e2e.release import DRIVER_IMAGE
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("E2E_CACHE", "/var/cache/btrfs-csi-e2e"))

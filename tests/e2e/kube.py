@@ -11,10 +11,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.cluster import NAMESPACE, wait_for
+from tests.e2e.release import NAMESPACE
+from tests.e2e.steps import wait_for
 
 MiB = 1 << 20
 SNAPSHOT_GROUP, SNAPSHOT_VERSION = "snapshot.storage.k8s.io", "v1"
+# A pod's command: 8 MiB of random data and its checksum, on disk, for a later pod to check.
+WRITE_AND_SUM = "dd if=/dev/urandom of=/data/blob bs=1M count=8 && sha256sum /data/blob > /data/sum && sync"
 
 
 @dataclass
@@ -175,6 +178,9 @@ class Kube:
 
         phase: str = wait_for(f"pod {name} finished", finished, timeout)
         return phase
+
+    def node_of(self, pod: str) -> str:
+        return str(self.core.read_namespaced_pod(pod, self.namespace).spec.node_name)
 
     def logs(self, name: str) -> str:
         text: str = self.core.read_namespaced_pod_log(name, self.namespace)

@@ -11,9 +11,10 @@ labelled, and the chart is installed with the Helm engine of helm-python-sdk, wi
 user of an air-gapped cluster without pod network or kube-proxy would set (image references,
 pull policy, host network, the API server address).
 
-Every process's pid is saved under the work directory, so `down` (another process, or the same
-one after a failure) stops them all, unmounts what the cluster mounted, removes its cgroups,
-detaches the loop device, deletes its iptables rule and restores the sysctls the kubelet changed.
+Every process's pid is saved under the work directory (local_processes.py), so `down` (another
+process, or the same one after a failure) stops them all, unmounts what the cluster mounted, removes
+its cgroups, detaches the loop device, deletes its iptables rule and restores the sysctls the kubelet
+changed (local_host.py). The configuration of containerd, its CNI plugin and the kubelet: local_node.py.
 
     python -m tests.e2e.local_cluster up|down
 """
@@ -22,13 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import shlex
 import shutil
-import signal
 import ssl
-import subprocess
 import sys
 import time
 import urllib.request
@@ -38,23 +35,24 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.cluster import (
+from tests.e2e import local_host as host
+from tests.e2e.images import BUSYBOX_IMAGE
+from tests.e2e.local_control_plane import API_PORT, API_SERVER, SERVICE_CIDR, start_control_plane
+from tests.e2e.local_node import Ctr, kubelet_config, write_containerd_config
+from tests.e2e.local_pki import make_pki, write_kubeconfig
+from tests.e2e.local_processes import HostProcesses
+from tests.e2e.release import (
     DRIVER_IMAGE,
     DRIVER_NAME,
     NAMESPACE,
     POOL_LABEL,
     crd_established,
     helm_release,
-    log,
     release_logs,
-    run,
-    wait_for,
 )
-from tests.e2e.images import BUSYBOX_IMAGE, PAUSE_IMAGE
-from tests.e2e.local_pki import make_pki, write_kubeconfig
+from tests.e2e.steps import log, run, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-CHART_DIR = REPO / "charts" / "btrfs-csi"
 CACHE = Path(os.environ.get("E2E_CACHE", "/var/cache/btrfs-csi-e2e"))
 WORK = Path(os.environ.get("BTRFS_CSI_E2E_LOCAL_DIR", "/var/lib/btrfs-csi-e2e"))
 VERSIONS = dict(
@@ -65,52 +63,10 @@ VERSIONS = dict(
 KUBERNETES_VERSION = VERSIONS["KUBERNETES_VERSION"]
 
 NODE = "127.0.0.1"  # the node's name and its only address
-API_PORT = 6443
-API_SERVER = f"https://127.0.0.1:{API_PORT}"
-ETCD_CLIENT, ETCD_PEER = "http://127.0.0.1:2379", "http://127.0.0.1:2380"
-# The Service network exists only as numbers in API objects: nothing routes it. A REJECT rule
-# keeps any client that dials it anyway from sending a packet off the machine.
-SERVICE_CIDR = "10.96.0.0/24"
 KUBELET_DIR = Path("/var/lib/kubelet")  # the chart's default kubeletDir
 POOL_PATH = Path("/var/lib/btrfs-csi")  # the chart's default pool.path
 POOL_SIZE = 4 << 30
-# The kubelet sets these at start (protectKernelDefaults off); down restores them.
-KUBELET_SYSCTLS = [
-    "vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
-]  # fmt: skip
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 SNAPSHOTTER_TAG = "v8.6.0"
-
-CNI_PLUGIN = r"""#!/bin/bash
-# e2e-loopback CNI plugin: a veth pair with BOTH ends inside the pod's network namespace, a 127.x
-# address on eth0 and lo up. Nothing can leave the pod; the kubelet and containerd are satisfied.
-# Installed as `loopback` too, which containerd calls for lo: then it only brings lo up.
-set -eu
-config=$(cat)
-version=$(printf %s "$config" | grep -o '"cniVersion": *"[^"]*"' | head -n 1 | cut -d'"' -f4)
-case "$CNI_COMMAND" in
-VERSION) echo '{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}' ;;
-ADD)
-    if [ "$CNI_IFNAME" = lo ]; then
-        nsenter --net="$CNI_NETNS" ip link set lo up
-        addr=127.0.0.1/8
-    else
-        h=$(printf %s "$CNI_CONTAINERID" | sha256sum | cut -c1-4)
-        addr="127.1.$((16#${h:0:2})).$((16#${h:2:2} % 254 + 1))/32"
-        nsenter --net="$CNI_NETNS" sh -ec "ip link set lo up
-            ip link add $CNI_IFNAME type veth peer name e2e-peer
-            ip addr add $addr dev $CNI_IFNAME
-            ip link set $CNI_IFNAME up
-            ip link set e2e-peer up"
-    fi
-    result='{"cniVersion":"%s","interfaces":[{"name":"%s","sandbox":"%s"}],'
-    result="$result"'"ips":[{"version":"4","address":"%s","interface":0}]}\n'
-    printf "$result" "$version" "$CNI_IFNAME" "$CNI_NETNS" "$addr"
-    ;;
-*) ;;  # DEL/CHECK: the veth pair goes away with the namespace
-esac
-"""
 
 
 def images_dir() -> Path:
@@ -127,6 +83,8 @@ class LocalCluster:
         self.logs = work / "logs"
         self.pids = work / "pids"
         self.bin = CACHE / f"kubernetes-{KUBERNETES_VERSION}"
+        self.processes = HostProcesses(self.logs, self.pids)
+        self.ctr = Ctr(self.containerd_socket())
 
     # --- what the suite uses ---------------------------------------------------------------
 
@@ -160,46 +118,6 @@ class LocalCluster:
             text: str = r.read().decode()
         return text
 
-    # --- processes ---------------------------------------------------------------------------
-
-    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log(f"start {name}: {' '.join(args)}")
-        out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        process = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, **(env or {})},
-        )  # fmt: skip
-        out.close()
-        (self.pids / f"{name}.pid").write_text(str(process.pid))
-
-    def running(self, name: str) -> bool:
-        pid = self.pid(name)
-        return pid is not None and Path(f"/proc/{pid}").exists()
-
-    def pid(self, name: str) -> int | None:
-        path = self.pids / f"{name}.pid"
-        return int(path.read_text()) if path.exists() else None
-
-    def alive(self, name: str) -> bool:
-        if not self.running(name):
-            tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{name} exited; the end of its log:\n{tail}")
-        return True
-
-    def stop(self, name: str, timeout: float = 30) -> None:
-        pid = self.pid(name)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                reap(pid)
-                time.sleep(0.2)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            reap(pid)
-            (self.pids / f"{name}.pid").unlink(missing_ok=True)
-
     # --- up ----------------------------------------------------------------------------------
 
     def preflight(self) -> None:
@@ -209,7 +127,7 @@ class LocalCluster:
         if self.pids.exists() and any(self.pids.iterdir()):
             raise RuntimeError(f"a local cluster is already up ({self.pids}): `make e2e-down` first")
         for path in (KUBELET_DIR, POOL_PATH):
-            if is_mountpoint(path) or (path.exists() and any(path.iterdir())):
+            if host.is_mountpoint(path) or (path.exists() and any(path.iterdir())):
                 raise RuntimeError(f"{path} is in use: refusing to run a second kubelet over it")
 
     def up(self) -> None:
@@ -218,8 +136,8 @@ class LocalCluster:
         shutil.rmtree(self.logs, ignore_errors=True)  # this run's logs only, for diagnostics
         for d in (self.work, self.logs, self.pids):
             d.mkdir(parents=True, exist_ok=True)
-        self.save_sysctls()
-        (self.work / "iptables-chains.json").write_text(json.dumps(iptables_chains()))
+        host.save_sysctls(self.work)
+        host.save_iptables_chains(self.work)
         run("iptables", "-w", "-I", "OUTPUT", "-d", SERVICE_CIDR, "-j", "REJECT")
         make_pki(self.pki, NODE)
         for user in ("admin", "controller-manager", "scheduler", "kubelet"):
@@ -234,50 +152,7 @@ class LocalCluster:
 
     def start_control_plane(self) -> None:
         etcd = CACHE / f"etcd-{VERSIONS['ETCD_VERSION']}/etcd"
-        self.start("etcd", [
-            str(etcd), "--name=e2e", f"--data-dir={self.work / 'etcd'}",
-            f"--listen-client-urls={ETCD_CLIENT}", f"--advertise-client-urls={ETCD_CLIENT}",
-            f"--listen-peer-urls={ETCD_PEER}", f"--initial-advertise-peer-urls={ETCD_PEER}",
-            f"--initial-cluster=e2e={ETCD_PEER}", "--listen-metrics-urls=",
-            "--quota-backend-bytes=1073741824", "--unsafe-no-fsync",
-        ])  # fmt: skip
-        wait_for("etcd healthy", lambda: self.alive("etcd") and http_ok(f"{ETCD_CLIENT}/health"), 60, 0.5)
-        pki = self.pki
-        self.start("kube-apiserver", [
-            str(self.bin / "kube-apiserver"), "--bind-address=127.0.0.1", f"--secure-port={API_PORT}",
-            "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
-            f"--etcd-servers={ETCD_CLIENT}", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
-            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
-            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
-            "--kubelet-preferred-address-types=Hostname,InternalIP",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--authorization-mode=Node,RBAC", "--allow-privileged=true", "--profiling=false",
-        ])  # fmt: skip
-        wait_for("kube-apiserver ready", lambda: self.alive("kube-apiserver") and self.api_ready(), 180, 1)
-        common = ["--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false"]
-        cm = str(self.work / "controller-manager.kubeconfig")
-        self.start("kube-controller-manager", [
-            str(self.bin / "kube-controller-manager"), f"--kubeconfig={cm}",
-            f"--authentication-kubeconfig={cm}", f"--authorization-kubeconfig={cm}",
-            "--use-service-account-credentials", f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle", *common,
-        ])  # fmt: skip
-        sched = str(self.work / "scheduler.kubeconfig")
-        self.start("kube-scheduler", [
-            str(self.bin / "kube-scheduler"), f"--kubeconfig={sched}",
-            f"--authentication-kubeconfig={sched}", f"--authorization-kubeconfig={sched}", *common,
-        ])  # fmt: skip
-
-    def api_ready(self) -> bool:
-        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
-        context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
-        return http_ok(f"{API_SERVER}/readyz", context)
+        start_control_plane(self.processes, self.work, self.pki, self.bin, etcd)
 
     def make_pool(self) -> None:
         image = self.work / "pool.img"
@@ -296,56 +171,9 @@ class LocalCluster:
         return self.work / "containerd" / "containerd.sock"
 
     def start_containerd(self) -> None:
-        base = self.work / "containerd"
-        cni_bin, cni_conf = self.work / "cni" / "bin", self.work / "cni" / "conf"
-        for d in (base, cni_bin, cni_conf):
-            d.mkdir(parents=True, exist_ok=True)
-        for name in ("e2e-loopback", "loopback"):
-            plugin = cni_bin / name
-            plugin.write_text(CNI_PLUGIN)
-            plugin.chmod(0o755)
-        (cni_conf / "10-e2e-loopback.conflist").write_text(json.dumps(
-            {"cniVersion": "0.4.0", "name": "e2e-loopback", "plugins": [{"type": "e2e-loopback"}]}
-        ))  # fmt: skip
-        cri = {
-            "sandbox_image": PAUSE_IMAGE,
-            # root lacks CAP_SYS_RESOURCE here: without this every sandbox fails in runc.
-            "restrict_oom_score_adj": True,
-            "disable_apparmor": True,
-            "stream_server_address": "127.0.0.1",
-            "stream_server_port": "0",
-            "containerd": {
-                "snapshotter": "overlayfs",
-                "default_runtime_name": "runc",
-                "runtimes": {
-                    "runc": {"runtime_type": "io.containerd.runc.v2", "options": {"SystemdCgroup": False}}
-                },
-            },
-            "cni": {"bin_dir": str(cni_bin), "conf_dir": str(cni_conf)},
-        }
-        config = {
-            "version": 2,
-            "root": str(base / "root"),
-            "state": str(base / "state"),
-            "grpc": {"address": str(self.containerd_socket())},
-            "ttrpc": {"address": str(base / "containerd.sock.ttrpc")},
-            "plugins": {
-                "io.containerd.grpc.v1.cri": cri,
-                "io.containerd.internal.v1.opt": {"path": str(base / "opt")},
-            },
-        }
-        (base / "config.toml").write_text(to_toml(config))
-        self.start("containerd", ["containerd", "--config", str(base / "config.toml")])
-        wait_for("containerd", lambda: self.alive("containerd") and self.ctr_ok(), 60, 0.5)
-
-    def ctr(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        socket = str(self.containerd_socket())
-        return run("ctr", "--address", socket, "-n", "k8s.io", *args, timeout=timeout, check=check)
-
-    def ctr_ok(self) -> bool:
-        return (
-            self.containerd_socket().exists() and self.ctr("version", timeout=10, check=False).returncode == 0
-        )
+        config = write_containerd_config(self.work, self.containerd_socket())
+        self.processes.start("containerd", ["containerd", "--config", str(config)])
+        wait_for("containerd", lambda: self.processes.alive("containerd") and self.ctr.ok(), 60, 0.5)
 
     def import_images(self) -> None:
         archives = sorted(images_dir().glob("*.tar"))
@@ -357,37 +185,10 @@ class LocalCluster:
     def start_kubelet(self) -> None:
         KUBELET_DIR.mkdir(parents=True, exist_ok=True)
         (KUBELET_DIR / ".btrfs-csi-e2e").write_text("made by tests/e2e/local_cluster.py\n")
-        pki = self.pki
-        config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "address": NODE,
-            "port": 10250,
-            "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1",
-            "healthzPort": 10248,
-            "authentication": {
-                "anonymous": {"enabled": False},
-                "webhook": {"enabled": True},
-                "x509": {"clientCAFile": str(pki / "ca.crt")},
-            },
-            "authorization": {"mode": "Webhook"},
-            "tlsCertFile": str(pki / "kubelet-serving.crt"),
-            "tlsPrivateKeyFile": str(pki / "kubelet-serving.key"),
-            "cgroupDriver": "cgroupfs",
-            "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{self.containerd_socket()}",
-            # Nothing can be pulled again: never collect images.
-            "imageGCHighThresholdPercent": 100,
-            "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-            "serializeImagePulls": False,
-            "resolvConf": "/etc/resolv.conf",
-            "volumeStatsAggPeriod": "10s",
-        }
+        config = kubelet_config(NODE, self.pki, self.containerd_socket())
         path = self.work / "kubelet.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.start("kubelet", [
+        self.processes.start("kubelet", [
             str(self.bin / "kubelet"), f"--config={path}", f"--kubeconfig={self.work / 'kubelet.kubeconfig'}",
             f"--hostname-override={NODE}", f"--root-dir={KUBELET_DIR}", "--v=2",
         ])  # fmt: skip
@@ -396,7 +197,7 @@ class LocalCluster:
         core: Any = client.CoreV1Api(self.api())
 
         def ready() -> bool:
-            self.alive("kubelet")
+            self.processes.alive("kubelet")
             node = core.read_node(NODE)
             return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
@@ -448,16 +249,16 @@ class LocalCluster:
 
     def down(self) -> None:
         """Stops and removes everything `up` made, whatever state it reached. Idempotent."""
-        self.stop("kubelet")
-        if self.running("containerd"):
-            self.kill_pods()
-        self.stop("containerd")
-        self.kill_leftover_shims()
+        self.processes.stop("kubelet")
+        if self.processes.running("containerd"):
+            self.ctr.kill_tasks()
+        self.processes.stop("containerd")
+        host.kill_leftover_shims(self.containerd_socket())
         for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
-            self.stop(name)
-        self.kill_cgroup_processes()
-        self.unmount_all()
-        self.remove_cgroups()
+            self.processes.stop(name)
+        host.kill_cgroup_processes()
+        host.unmount_all((KUBELET_DIR, self.work, POOL_PATH))
+        host.remove_cgroups()
         device_file = self.work / "pool.device"
         if device_file.exists():
             run("losetup", "-d", device_file.read_text().strip(), check=False)
@@ -475,90 +276,13 @@ class LocalCluster:
             == 0
         ):
             pass
-        self.remove_kubelet_chains()
-        self.restore_sysctls()
+        host.remove_kubelet_chains(self.work)
+        host.restore_sysctls(self.work)
         for d in ("containerd", "etcd", "cni"):
             shutil.rmtree(self.work / d, ignore_errors=True)
         if self.pids.exists():
             shutil.rmtree(self.pids)
         log("local cluster down")
-
-    def kill_pods(self) -> None:
-        tasks = self.ctr("tasks", "list", "-q", timeout=30, check=False).stdout.split()
-        for task in tasks:
-            self.ctr("tasks", "kill", "-s", "SIGKILL", task, timeout=30, check=False)
-        for task in tasks:
-            self.ctr("tasks", "delete", "-f", task, timeout=30, check=False)
-
-    def kill_leftover_shims(self) -> None:
-        needle = str(self.containerd_socket()).encode()
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                with contextlib.suppress(OSError):
-                    cmdline = (proc / "cmdline").read_bytes()
-                    if b"containerd-shim" in cmdline and needle in cmdline:
-                        os.kill(int(proc.name), signal.SIGKILL)
-
-    def kill_cgroup_processes(self) -> None:
-        for cgroup in pod_cgroups():
-            with contextlib.suppress(OSError):
-                for pid in (cgroup / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-
-    def remove_cgroups(self) -> None:
-        for cgroup in sorted(pod_cgroups(), key=lambda p: len(p.parts), reverse=True):
-            deadline = time.monotonic() + 10
-            while cgroup.exists():
-                try:
-                    cgroup.rmdir()
-                except OSError:
-                    if time.monotonic() > deadline:
-                        log(f"cannot remove cgroup {cgroup}")
-                        break
-                    time.sleep(0.2)
-
-    def unmount_all(self) -> None:
-        def ours(target: str) -> bool:
-            under = any(
-                target == str(r) or target.startswith(f"{r}/") for r in (KUBELET_DIR, self.work, POOL_PATH)
-            )
-            return under or target.startswith(("/run/netns/cni-", "/var/run/netns/cni-"))
-
-        for target in reversed(mount_targets()):
-            if ours(target) and run("umount", target, check=False).returncode != 0:
-                run("umount", "-l", target, check=False)
-        for netns in Path("/run/netns").glob("cni-*"):
-            netns.unlink(missing_ok=True)
-
-    def remove_kubelet_chains(self) -> None:
-        """The KUBE-* chains the kubelet made (its canaries and KUBE-FIREWALL, which drops
-        non-loopback traffic to 127/8) and the rules jumping to them; not what was there before."""
-        path = self.work / "iptables-chains.json"
-        if not path.exists():
-            return
-        before = {tuple(c) for c in json.loads(path.read_text())}
-        made = [c for c in iptables_chains() if c[2].startswith("KUBE-") and c not in before]
-        for tool, table, chain in made:
-            for rule in iptables_rules(tool, table):
-                if rule[-2:] == ["-j", chain]:
-                    run(tool, "-w", "-t", table, "-D", *rule[1:], check=False)
-        for tool, table, chain in made:
-            run(tool, "-w", "-t", table, "-F", chain, check=False)
-            run(tool, "-w", "-t", table, "-X", chain, check=False)
-        path.unlink()
-
-    def save_sysctls(self) -> None:
-        saved = {key: (Path("/proc/sys") / key).read_text().strip() for key in KUBELET_SYSCTLS}
-        (self.work / "sysctls.json").write_text(json.dumps(saved))
-
-    def restore_sysctls(self) -> None:
-        path = self.work / "sysctls.json"
-        if path.exists():
-            for key, value in json.loads(path.read_text()).items():
-                with contextlib.suppress(OSError):
-                    (Path("/proc/sys") / key).write_text(value)
-            path.unlink()
 
     def diagnostics(self) -> str:
         """The release's container logs, and the kubelet's and containerd's last errors."""
@@ -570,81 +294,6 @@ class LocalCluster:
                 errors = [line for line in lines if line.startswith("E") or "level=error" in line]
                 out.append(f"--- {name}: last errors\n" + "\n".join(errors[-20:]))
         return "\n".join(out)
-
-
-def reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(url, context=context, timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def iptables_chains() -> list[tuple[str, str, str]]:
-    """(tool, table, chain) of every chain in iptables and ip6tables."""
-    found = []
-    for tool in ("iptables", "ip6tables"):
-        if shutil.which(f"{tool}-save") is None:
-            continue
-        table = ""
-        dump = subprocess.run([f"{tool}-save"], capture_output=True, text=True, timeout=60).stdout
-        for line in dump.splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":"):
-                found.append((tool, table, line[1:].split()[0]))
-    return found
-
-
-def iptables_rules(tool: str, table: str) -> list[list[str]]:
-    """The rules of one table as `-A CHAIN ...` argument lists."""
-    dump = subprocess.run([f"{tool}-save", "-t", table], capture_output=True, text=True, timeout=60).stdout
-    return [shlex.split(line) for line in dump.splitlines() if line.startswith("-A ")]
-
-
-def is_mountpoint(path: Path) -> bool:
-    return str(path) in mount_targets()
-
-
-def mount_targets() -> list[str]:
-    """Mount points in mount order (octal escapes decoded)."""
-    targets = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        target = line.split()[4]
-        targets.append(target.encode().decode("unicode_escape"))
-    return targets
-
-
-def pod_cgroups() -> list[Path]:
-    """Every cgroup directory the kubelet and runc made (kubepods* under each hierarchy)."""
-    found: list[Path] = []
-    for hierarchy in CGROUP_ROOT.iterdir():
-        for top in hierarchy.glob("kubepods*"):
-            if top.is_dir():
-                found.extend(p for p in top.rglob("*") if p.is_dir())
-                found.append(top)
-    return found
-
-
-def to_toml(table: dict[str, Any], prefix: str = "") -> str:
-    """The TOML of a nested dict of str/bool/int (enough for containerd's config)."""
-    scalars, tables = [], []
-    for key, value in table.items():
-        if isinstance(value, dict):
-            name = (
-                f"{prefix}.{json.dumps(key) if '.' in key else key}"
-                if prefix
-                else (json.dumps(key) if "." in key else key)
-            )
-            tables.append(f"\n[{name}]\n" + to_toml(value, name))
-        else:
-            scalars.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(scalars) + "".join(tables) + "\n"
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
-"""One e2e suite, two cluster providers: kind where Docker and kind are there, else the local
-single-node cluster built from source (local_cluster.py). `python -m tests.e2e.providers`
-prints the one this machine gets."""
+"""One e2e suite, two cluster providers: kind where Docker and kind are there (kind_cluster.py),
+else the local single-node cluster built from source (local_cluster.py).
+`python -m tests.e2e.providers` prints the one this machine gets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.e2e import cluster as kind
+from tests.e2e import kind_cluster as kind
 from tests.e2e import local_cluster as local
 
 

@@ -2,7 +2,7 @@
 # The e2e suite, one command (`make e2e`):   tests/e2e/run.sh [pytest args]
 #
 # Picks the cluster provider (tests/e2e/providers.py): kind where Docker and kind exist (see
-# cluster.py), else a local single-node Kubernetes built from source on this machine (see
+# kind_cluster.py), else a local single-node Kubernetes built from source on this machine (see
 # local_cluster.py; needs root, a Go toolchain and Debian's packages; tools/e2e/prepare builds
 # it, cached in /var/cache/btrfs-csi-e2e). Brings the cluster up, runs tests/e2e, and tears it
 # down, also when something fails.

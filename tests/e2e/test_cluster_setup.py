@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.cluster import (
+from tests.e2e.kind_cluster import (
     EXTERNAL_SNAPSHOTTER,
     POOL_IN_NODE,
     SNAPSHOT_CONTROLLER_URLS,

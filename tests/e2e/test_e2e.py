@@ -4,21 +4,21 @@ exist), never to act.
 
 Run with `make e2e`. Snapshots and clones are consumed on the node that holds the source (the
 consumer pod is pinned there): a subvolume snapshot cannot leave its pool. The scenarios run in
-file order; the last one uninstalls and reinstalls the release.
+file order; test_release_lifecycle.py, collected after this file, upgrades, uninstalls and reinstalls
+the release.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import DRIVER_NAME, NAMESPACE, RELEASE, TOPOLOGY_KEY, wait_for
 from tests.e2e.kube import (
     SNAPSHOT_GROUP,
     SNAPSHOT_VERSION,
+    WRITE_AND_SUM,
     Kube,
     MiB,
     find_sample,
@@ -26,15 +26,12 @@ from tests.e2e.kube import (
     quantity_bytes,
 )
 from tests.e2e.providers import Provider
+from tests.e2e.release import DRIVER_NAME, NAMESPACE, TOPOLOGY_KEY
+from tests.e2e.steps import wait_for
 
 pytestmark = pytest.mark.e2e
 
-WRITE_AND_SUM = "dd if=/dev/urandom of=/data/blob bs=1M count=8 && sha256sum /data/blob > /data/sum && sync"
 SNAPSHOT_SOURCE = {"apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot"}
-
-
-def node_of(kube: Kube, pod: str) -> str:
-    return str(kube.core.read_namespaced_pod(pod, kube.namespace).spec.node_name)
 
 
 def driver_sample(kube: Kube, node: str, name: str, claim: str) -> float | None:
@@ -98,7 +95,7 @@ def test_03_snapshot_restore_and_clone_carry_the_data(kube: Kube) -> None:
     kube.pvc("source", "64Mi")
     kube.pod("writer", "source", WRITE_AND_SUM)
     assert kube.wait_finished("writer") == "Succeeded", kube.logs("writer")
-    node = node_of(kube, "writer")
+    node = kube.node_of("writer")
 
     kube.snapshot("snap", "source")
     snap = kube.wait_snapshot_ready("snap")
@@ -178,7 +175,7 @@ def test_06_deleting_claims_and_snapshots_removes_their_subvolumes(cluster: Prov
     kube.pvc("doomed", "32Mi")
     kube.pod("writer", "doomed", "echo bye > /data/file && sync")
     assert kube.wait_finished("writer") == "Succeeded", kube.logs("writer")
-    pool = cluster.pool_path(node_of(kube, "writer"))
+    pool = cluster.pool_path(kube.node_of("writer"))
     pv = kube.pv_of("doomed")
     subvolume = pool / "volumes" / pv.spec.csi.volume_handle
     assert subvolume.is_dir(), f"{subvolume} should exist while the claim does"
@@ -281,38 +278,6 @@ def pv_names(kube: Kube) -> set[str]:
     return {p.metadata.name for p in kube.core.list_persistent_volume().items}
 
 
-def release_objects(kube: Kube) -> list[str]:
-    """Every object of the release still in the cluster (namespaced and cluster-wide)."""
-    selector = f"app.kubernetes.io/instance={RELEASE}"
-    from kubernetes import client
-
-    rbac: Any = client.RbacAuthorizationV1Api(kube.api)
-    apps: Any = client.AppsV1Api(kube.api)
-    listers: dict[str, Callable[[], Any]] = {
-        "DaemonSet": lambda: apps.list_namespaced_daemon_set(NAMESPACE, label_selector=selector),
-        "Deployment": lambda: apps.list_namespaced_deployment(NAMESPACE, label_selector=selector),
-        "Pod": lambda: kube.core.list_namespaced_pod(NAMESPACE, label_selector=selector),
-        "ServiceAccount": lambda: kube.core.list_namespaced_service_account(
-            NAMESPACE, label_selector=selector
-        ),
-        "ClusterRole": lambda: rbac.list_cluster_role(label_selector=selector),
-        "ClusterRoleBinding": lambda: rbac.list_cluster_role_binding(label_selector=selector),
-        "Role": lambda: rbac.list_namespaced_role(NAMESPACE, label_selector=selector),
-        "RoleBinding": lambda: rbac.list_namespaced_role_binding(NAMESPACE, label_selector=selector),
-        "CSIDriver": lambda: kube.storage.list_csi_driver(label_selector=selector),
-        "StorageClass": lambda: kube.storage.list_storage_class(label_selector=selector),
-        "CSIStorageCapacity": lambda: kube.storage.list_namespaced_csi_storage_capacity(NAMESPACE),
-    }
-    found = []
-    for kind, lister in listers.items():
-        items: Any = lister()
-        found += [f"{kind}/{o.metadata.name}" for o in items.items]
-    classes = kube.custom.list_cluster_custom_object(
-        SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshotclasses"
-    )
-    return found + [f"VolumeSnapshotClass/{c['metadata']['name']}" for c in classes["items"]]
-
-
 def test_10_a_claim_moved_to_another_volume_attributes_class_changes_its_compression(
     cluster: Provider, kube: Kube
 ) -> None:
@@ -372,33 +337,3 @@ def test_10_a_claim_moved_to_another_volume_attributes_class_changes_its_compres
         kube.delete_pod("app")
         for name in classes:
             kube.storage.delete_volume_attributes_class(name)
-
-
-def test_11_helm_upgrade_keeps_volumes_and_uninstall_leaves_nothing(cluster: Provider, kube: Kube) -> None:
-    kube.pvc("lasting", "32Mi")
-    kube.pod("writer", "lasting", WRITE_AND_SUM)
-    assert kube.wait_finished("writer") == "Succeeded", kube.logs("writer")
-    node = node_of(kube, "writer")
-    old = kube.node_plugin_pod(node).metadata.uid
-
-    values = {**cluster.chart_values(), "logLevel": "debug"}
-    release = cluster.helm("upgrade", values)
-    assert release["status"] == "deployed", release
-    wait_for(
-        "node plugin replaced by the upgrade", lambda: kube.node_plugin_pod(node).metadata.uid != old, 300
-    )
-    kube.pod("reader", "lasting", "sha256sum -c /data/sum", node=node)
-    assert kube.wait_finished("reader") == "Succeeded", kube.logs("reader")
-
-    # Claims go before the driver (their PVs need it to be deleted), then the release.
-    kube.delete_pod("reader")
-    kube.delete_pod("writer")
-    kube.delete_pvc("lasting")
-    wait_for("no btrfs PVs left", lambda: not [
-        p for p in kube.core.list_persistent_volume().items if p.spec.csi and p.spec.csi.driver == DRIVER_NAME
-    ], 180)  # fmt: skip
-    cluster.helm("uninstall")
-    wait_for("no object of the release left", lambda: release_objects(kube) == [], 180)
-    # Put it back, so the cluster stays usable (`make e2e-up` users, reruns).
-    cluster.helm("install")
-    wait_for("node plugin back", lambda: kube.node_plugin_pod(node), 300)

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 from tests.chart.helm_render import containers, kinds, render_values
-from tests.e2e import images, local_cluster
+from tests.e2e import images, local_cluster, local_control_plane, local_node
 from tests.e2e.images import SIDECARS, Image, chart_images, docker_ignored, image_packages
 
 DOCKERFILE = (images.REPO / "Dockerfile").read_text()
@@ -62,14 +62,14 @@ def test_containerd_config_is_valid_toml_with_the_settings_this_machine_needs() 
         "grpc": {"address": "/x/containerd.sock"},
         "plugins": {"io.containerd.grpc.v1.cri": {"restrict_oom_score_adj": True, "cni": {"bin_dir": "/x"}}},
     }
-    assert tomllib.loads(local_cluster.to_toml(config)) == config
+    assert tomllib.loads(local_node.to_toml(config)) == config
 
 
 def test_cluster_addresses_are_loopback_only() -> None:
     assert local_cluster.NODE == "127.0.0.1"
-    assert local_cluster.API_SERVER.startswith("https://127.0.0.1:")
-    assert "127.0.0.1" in local_cluster.ETCD_CLIENT and "127.0.0.1" in local_cluster.ETCD_PEER
-    assert "127.1." in local_cluster.CNI_PLUGIN and "e2e-peer" in local_cluster.CNI_PLUGIN
+    assert local_control_plane.API_SERVER.startswith("https://127.0.0.1:")
+    assert "127.0.0.1" in local_control_plane.ETCD_CLIENT and "127.0.0.1" in local_control_plane.ETCD_PEER
+    assert "127.1." in local_node.CNI_PLUGIN and "e2e-peer" in local_node.CNI_PLUGIN
 
 
 def test_chart_values_set_only_what_an_air_gapped_user_would() -> None:
@@ -81,4 +81,4 @@ def test_chart_values_set_only_what_an_air_gapped_user_would() -> None:
             assert container["imagePullPolicy"] == "Never", container["name"]
     # Only image and network settings differ from the defaults: same objects, same containers.
     assert kinds(rendered) == kinds(render_values({"snapshotController": {"enabled": True}}))
-    assert values["apiServer"] == {"host": "127.0.0.1", "port": local_cluster.API_PORT}
+    assert values["apiServer"] == {"host": "127.0.0.1", "port": local_control_plane.API_PORT}

@@ -9,10 +9,10 @@ starts, so devices attached later do not show up there (kind#1248).
 Then: the VolumeSnapshot CRDs and the snapshot-controller from the external-snapshotter release
 manifests (pinned URLs; the controller is switched to --enable-distributed-snapshotting and given
 the nodes rule that mode needs), the driver image built from this repository and `kind load`ed,
-and the chart installed with the Helm engine from helm-python-sdk (no helm binary needed).
+and the chart installed (release.py).
 
 Entry points: the `cluster` fixture in conftest.py (tests/e2e/run.sh), or by hand
-`python -m tests.e2e.cluster up|down`.
+`python -m tests.e2e.kind_cluster up|down`.
 """
 
 from __future__ import annotations
@@ -25,27 +25,28 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-from tests.support import eventually
-
-REPO = Path(__file__).resolve().parents[2]
-CHART_DIR = REPO / "charts" / "btrfs-csi"
+from tests.e2e.release import (
+    DRIVER_IMAGE,
+    DRIVER_NAME,
+    NAMESPACE,
+    POOL_LABEL,
+    REPO,
+    crd_established,
+    helm_release,
+    release_logs,
+)
+from tests.e2e.steps import log, run, wait_for
 
 CLUSTER_NAME = os.environ.get("BTRFS_CSI_E2E_CLUSTER", "btrfs-csi-e2e")
 WORKDIR = Path(os.environ.get("BTRFS_CSI_E2E_WORKDIR", f"/var/tmp/{CLUSTER_NAME}"))
 NODE_IMAGE = os.environ.get("BTRFS_CSI_E2E_NODE_IMAGE", "")  # kindest/node:vX.Y.Z, "" = kind's default
-DRIVER_IMAGE = "btrfs-csi:e2e"
-RELEASE = "btrfs-csi"
-NAMESPACE = "btrfs-csi"
-DRIVER_NAME = "btrfs.csi.dev"
-TOPOLOGY_KEY = "topology.btrfs.csi.dev/node"
-POOL_LABEL = "btrfs.csi.dev/pool"
 POOL_IN_NODE = "/var/lib/btrfs-csi"
 WORKERS = 2
 POOL_SIZE = 2 << 30
@@ -64,34 +65,6 @@ SNAPSHOT_CONTROLLER_URLS = [
     f"{_SNAPSHOTTER_RAW}/deploy/kubernetes/snapshot-controller/setup-snapshot-controller.yaml",
 ]
 SNAPSHOT_CONTROLLER_NAMESPACE = "kube-system"
-
-T = TypeVar("T")
-
-
-def log(message: str) -> None:
-    print(f"[e2e] {message}", file=sys.stderr, flush=True)
-
-
-def run(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-    log("$ " + " ".join(args))
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 2.0) -> T:
-    """`eventually` with the cluster's terms: polls `probe` every `interval` seconds until it returns
-    something other than None or False (0 and "" are answers) and returns that; any exception counts
-    as not yet (the API server or the object may not be there yet). Fails after `timeout`."""
-
-    def answered() -> tuple[T, ...]:
-        value = probe()
-        return () if value is None or value is False else (value,)
-
-    return eventually(answered, what, timeout, interval, ignoring=(Exception,))[0]
 
 
 def missing_prerequisites() -> list[str]:
@@ -200,7 +173,7 @@ class Cluster:
         """Refuse to touch a cluster this run did not make (e.g. one kept with BTRFS_CSI_E2E_KEEP)."""
         if self.name in run("kind", "get", "clusters").stdout.split():
             raise RuntimeError(
-                f"kind cluster {self.name} already exists: `python -m tests.e2e.cluster down` first"
+                f"kind cluster {self.name} already exists: `python -m tests.e2e.kind_cluster down` first"
             )
 
     def up(self) -> None:
@@ -327,51 +300,6 @@ class Cluster:
         return release_logs(self.api())
 
 
-def release_logs(api: Any) -> str:
-    """The last lines of every container of the release, for a failing test's report."""
-    from kubernetes import client
-
-    core: Any = client.CoreV1Api(api)
-    out = []
-    for pod in core.list_namespaced_pod(NAMESPACE).items:
-        for container in pod.spec.containers:
-            try:
-                text = core.read_namespaced_pod_log(
-                    pod.metadata.name, NAMESPACE, container=container.name, tail_lines=100
-                )
-            except Exception as e:
-                text = f"(no log: {e})"
-            out.append(f"--- {pod.metadata.name}/{container.name} on {pod.spec.node_name}\n{text}")
-    return "\n".join(out)
-
-
-def helm_release(kubeconfig: Path, action: str, values: dict[str, Any]) -> Any:
-    """install, upgrade or uninstall the chart's release with the Helm engine of helm-python-sdk,
-    waiting for its workloads."""
-    import helm_python as helm
-
-    with helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE) as cfg:
-        if action == "install":
-            release = cfg.install(
-                CHART_DIR, RELEASE, values, namespace=NAMESPACE, wait="watcher", timeout=600
-            )
-        elif action == "upgrade":
-            release = cfg.upgrade(
-                CHART_DIR, RELEASE, values, namespace=NAMESPACE, wait="watcher", timeout=600
-            )
-        elif action == "uninstall":
-            release = cfg.uninstall(RELEASE, wait="watcher", timeout=600)
-        else:
-            raise ValueError(action)
-    log(f"helm {action} {RELEASE}: revision {release.get('revision')} {release.get('status')}")
-    return release
-
-
-def crd_established(ext: Any, name: str) -> bool:
-    crd = ext.read_custom_resource_definition(name)
-    return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
-
-
 def fetch_yaml(url: str) -> list[dict[str, Any]]:
     log(f"GET {url}")
     with urllib.request.urlopen(url, timeout=60) as response:
@@ -410,14 +338,14 @@ def e2e_cluster(keep: bool = False) -> Iterator[Cluster]:
         yield cluster
     finally:
         if keep:
-            log(f"keeping cluster {cluster.name}; remove it with `python -m tests.e2e.cluster down`")
+            log(f"keeping cluster {cluster.name}; remove it with `python -m tests.e2e.kind_cluster down`")
         else:
             cluster.down()
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in ("up", "down"):
-        print("usage: python -m tests.e2e.cluster up|down", file=sys.stderr)
+        print("usage: python -m tests.e2e.kind_cluster up|down", file=sys.stderr)
         return 2
     missing = missing_prerequisites()
     if missing:
