@@ -307,3 +307,6 @@ class FakeBackend(PlainFiles):
     def sync(self) -> int:
         self.syncs += 1
         return self.syncs
+
+    def write_back(self) -> None:
+        pass  # no transactions: nothing for a later commit to wait for

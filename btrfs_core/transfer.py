@@ -29,6 +29,7 @@ from btrfs_core.shared import PoolShared
 from btrfs_core.snapshots import Snapshots, refuse_nested
 from btrfs_core.staging import Staging
 from btrfs_core.tuning import resolve_tuning
+from btrfs_core.writeback import Writeback
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -163,10 +164,11 @@ class Transfers:
             self._receiving.add(volume_id)
         try:
             bound = capacity * _STREAM_PER_CAPACITY + _STREAM_COMMAND_BYTES
-            meter = sendstream.Meter(bound, progress)
-            received = _logged(
-                f"receive of volume {volume_id}", lambda: sendstream.receive(landing, stream, meter)
-            )
+            with Writeback(self._fs.write_back) as writeback:
+                meter = sendstream.Meter(bound, _told(progress, writeback.moved))
+                received = _logged(
+                    f"receive of volume {volume_id}", lambda: sendstream.receive(landing, stream, meter)
+                )
             with self._lock:
                 base = self._received_tuning(received, source)
                 tuned = resolve_tuning(asked, base, f"{source.kind.value} {source.id}")
@@ -239,6 +241,18 @@ class Transfers:
                 self._staging.discard(staged)
             except BtrfsCoreError as exc:
                 log.warning("%s left for the clean-up of staging: %s", staged, exc)
+
+
+def _told(progress: Progress | None, writeback: Progress) -> Progress:
+    """One Progress telling both."""
+    if progress is None:
+        return writeback
+
+    def both(total: int) -> None:
+        writeback(total)
+        progress(total)
+
+    return both
 
 
 def _logged(what: str, transfer: Callable[[], T]) -> T:
