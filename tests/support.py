@@ -73,4 +73,13 @@ def _unmount_all(device: str, mountpoint: Path) -> None:
     for entry in reversed(mounts.mountinfo()):
         if entry.source == device and entry.mount_point != str(mountpoint):
             subprocess.run(["umount", "--lazy", entry.mount_point], check=False, timeout=60)
-    _run("umount", str(mountpoint))
+    # A thread of the test's pool can still hold the pool's root open for a moment (a commit kick
+    # blocked until the commit in progress ends): busy for now, not for good.
+    eventually(lambda: _unmounted(mountpoint), f"{mountpoint} unmounted", timeout=30, interval=0.1)
+
+
+def _unmounted(mountpoint: Path) -> bool:
+    done = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 and "busy" not in done.stderr:
+        raise AssertionError(f"umount {mountpoint}: {done.stderr.strip()}")
+    return done.returncode == 0
