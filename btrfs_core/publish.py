@@ -164,9 +164,7 @@ class Publisher:
             pass
         except OSError as exc:
             if exc.errno == errno.ENOTEMPTY:
-                raise InUse(
-                    f"{raw} is not empty: something other than this volume was put there"
-                ) from None
+                raise InUse(f"{raw} is not empty: something other than this volume was put there") from None
             if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
                 raise InvalidArgument(f"target path {_shown(raw)}: {os.strerror(exc.errno)}") from None
             raise error_from_os("remove target directory", raw, exc) from None

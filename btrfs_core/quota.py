@@ -186,4 +186,3 @@ def exclusive_all(path: Path) -> dict[int, int]:
             return {qgroupid: excl for qgroupid, _length, excl in infos}
     except NotFound:
         return {}
-

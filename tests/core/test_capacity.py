@@ -30,6 +30,7 @@ POD_UID = 65534
 # sequentially), with room to spare; the rest of the limit must be writable data.
 TREE_MARGIN = MiB
 
+
 @dataclass(frozen=True)
 class Written:
     bytes: int
