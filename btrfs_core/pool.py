@@ -87,7 +87,7 @@ class Pool:
             self._capacities,
             self._snapshots,
             self._health,
-            self._builder.build,
+            self._builder,
         )
         self.upkeep = PoolUpkeep(
             shared,

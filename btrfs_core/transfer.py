@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from btrfs_core import ids, metadata, sendstream
+from btrfs_core.builder import VolumeBuilder
 from btrfs_core.capacity import Capacities, capacity_for, existing_volume
 from btrfs_core.errors import BtrfsCoreError, InUse, InvalidArgument, NotFound
 from btrfs_core.health import HealthCheck
@@ -38,12 +39,6 @@ T = TypeVar("T")
 # holds a file's data uncompressed, so a volume of compressed data may send more bytes than its
 # limit, but a stream that would fill the pool is a sender gone wrong.
 _STREAM_PER_CAPACITY, _STREAM_COMMAND_BYTES = 2, 64 << 20
-
-# VolumeBuilder.build: the volume made from a received subvolume, its capacity reserved already, renamed
-# to the path given last.
-BuildVolume = Callable[
-    [str, str, int, Source | None, dict[str, str], Tuning, Tuning, Path | None, Path | None], Volume
-]
 
 
 @dataclass(frozen=True)
@@ -67,7 +62,7 @@ class Transfers:
         capacities: Capacities,
         snapshots: Snapshots,
         health: HealthCheck,
-        build_volume: BuildVolume,
+        builder: VolumeBuilder,
     ) -> None:
         self._volumes_dir = shared.root / "volumes"
         self._fs, self._meta, self._lock, self._commit = shared.fs, shared.meta, shared.lock, shared.commit
@@ -76,7 +71,7 @@ class Transfers:
         self._capacities = capacities
         self._snapshots = snapshots
         self._health = health
-        self._build_volume = build_volume
+        self._builder = builder  # builds the volume from what arrived, as a local restore
         # The ids of the volumes received or being received, unclaimed (needs the lock): their capacity
         # is promised before volumes/ holds them, which the reconciler must not take for vanished.
         self._receiving = capacities.arriving
@@ -173,8 +168,8 @@ class Transfers:
                 base = self._received_tuning(received, source)
                 tuned = resolve_tuning(asked, base, f"{source.kind.value} {source.id}")
                 parked = self._staging.path(volume_id)
-                volume = self._build_volume(
-                    volume_id, name, capacity, source, wanted, tuned, base, received, parked
+                volume = self._builder.build(
+                    volume_id, name, capacity, source, wanted, tuned, base, received=received, into=parked
                 )
                 self._staging.busy.add(parked)
         except BaseException:
