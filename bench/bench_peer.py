@@ -3,9 +3,9 @@ receive` pipe of the same snapshot.
 
     sudo python -m bench.bench_peer        (from the repository root)
 
-Two loop pools of 4 GiB, a `btrfs-csi serve` process on each (node-a, node-b), peers of each other on
-127.0.0.1 with test certificates (mutual TLS). A volume of 1 GiB of random data (incompressible) on
-node-a and a snapshot of it. Timed, interleaved, each to data committed in pool B:
+Two loop pools of 4 GiB, a `btrfs-csi serve` process on each (node-a, node-b), each on a CPU of its own,
+peers of each other on 127.0.0.1 with test certificates (mutual TLS). A volume of 1 GiB of random data
+(incompressible) on node-a and a snapshot of it. Timed, interleaved, each to data committed in pool B:
   - pipe:  `btrfs send <snapshot> | btrfs receive <pool B>`, then `sync -f` of pool B;
   - peers: CreateVolume on node-b's CSI socket from the snapshot, retried as the provisioner does
     until OK (the transfer runs in the background: Locate, Send over TLS, pool.transfers.receive, claim).
@@ -47,8 +47,18 @@ def restore(driver: ServedDriver, name: str, snapshot_id: str) -> None:
     retry_until_ok(lambda: client.controller.CreateVolume(request, timeout=30), attempts=100_000, pause=0.01)
 
 
+def cpu_flags() -> dict[str, tuple[str, ...]]:
+    """Each node's driver on a CPU of its own, as on two machines (left to the scheduler, --cpu auto,
+    both could start on the same one); on a single CPU, the default."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {node: () for node in NODES}
+    return {node: ("--cpu", str(cpus[-1 - index])) for index, node in enumerate(NODES)}
+
+
 def main() -> int:
     ports = {node: free_port() for node in NODES}
+    cpus = cpu_flags()
     peers = "static:" + ",".join(f"{node}=127.0.0.1:{port}" for node, port in ports.items())
     with contextlib.ExitStack() as stack:
         pki = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="btrfs-csi-bench-pki-")))
@@ -59,7 +69,7 @@ def main() -> int:
             mounts[node] = stack.enter_context(loop_pool(POOL_BYTES, f"btrfs-csi-bench-{node}-"))
             flags = ("--node-id", node, "--peer-address", f"127.0.0.1:{ports[node]}", "--peers", peers)
             tls = ("--peer-tls-dir", str(ca.issue(node, pki / node)))
-            drivers[node] = stack.enter_context(ServedDriver(mounts[node], (*flags, *tls)))
+            drivers[node] = stack.enter_context(ServedDriver(mounts[node], (*flags, *tls, *cpus[node])))
             drivers[node].start()
         for driver in drivers.values():
             driver.wait_ready()

@@ -20,6 +20,7 @@ from btrfs_core.maintenance import Reconciler
 from btrfs_core.pool import Pool
 from btrfs_core.version import driver_version
 from btrfs_exporter.server import build_registry, start_metrics_server
+from csi import affinity
 from csi import logging as csi_logging
 from csi.config import Config, ConfigError, parse_args
 from csi.controller import ControllerServicer
@@ -88,11 +89,12 @@ def _start_csi(
 
 def serve(config: Config) -> int:
     try:
+        cpu = affinity.pin(config.cpu)  # before any thread starts: they inherit it
         # The socket first, then the pool's exclusive lock: a second instance must not touch the pool
         # (opening it clears staging), whichever socket it was given.
         prepare_socket_path(config.socket_path)
         pool = Pool.open(config.pool, config.quota_mode, overprovision=config.overprovision, exclusive=True)
-    except (ServeError, BtrfsCoreError, OSError) as exc:
+    except (affinity.AffinityError, ServeError, BtrfsCoreError, OSError) as exc:
         print(f"btrfs-csi: refusing to start: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     stopping = threading.Event()
@@ -133,6 +135,7 @@ def serve(config: Config) -> int:
                 "quota_mode": status.mode.value,
                 "quota_inconsistent": status.inconsistent,
                 "peer_port": driver.peers.port if driver.peers is not None else None,
+                "cpu": cpu,
             }
         },
     )

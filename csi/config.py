@@ -3,6 +3,7 @@
     btrfs-csi serve --endpoint unix:///PATH/csi.sock --node-id NODE --pool /PATH/TO/MOUNTED/BTRFS
                     [--driver-name NAME] [--quota-mode auto|simple|full] [--metrics-address HOST:PORT]
                     [--log-format text|json] [--log-level LEVEL] [--overprovision RATIO]
+                    [--cpu auto|off|N]
                     [--peer-address HOST:PORT --peer-tls-dir DIR
                      --peers static:NODE=HOST:PORT[,NODE=HOST:PORT...]|kubernetes]
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from btrfs_core.models import QUOTA_MODE_AUTO, QUOTA_MODE_SETTINGS
+from csi import affinity
 from csi.peer.directory import host_port
 
 DEFAULT_DRIVER_NAME = "btrfs.csi.dev"
@@ -68,6 +70,7 @@ class Config:
     transfer_idle_seconds: float = 600.0
     log_format: str = "text"
     log_level: str = "INFO"
+    cpu: affinity.CpuChoice = affinity.AUTO  # the one CPU every thread of the driver runs on
     max_workers: int = 16  # gRPC worker threads; the CO serialises per volume, so a few suffice
     grace_seconds: float = 10.0  # in-flight RPCs get this long to finish after SIGTERM
 
@@ -144,6 +147,14 @@ def parse_overprovision(text: str) -> float:
     return ratio
 
 
+def parse_cpu(text: str) -> affinity.CpuChoice:
+    if text in (affinity.AUTO, affinity.OFF):
+        return text
+    if not text.isdigit():
+        raise ConfigError(f"--cpu {text!r}: expected auto, off or a CPU number, e.g. 0")
+    return int(text)
+
+
 def validate_driver_name(name: str) -> str:
     if len(name) > _MAX_SEGMENT or not _DRIVER_NAME.match(name):
         raise ConfigError(
@@ -190,6 +201,13 @@ def _parser() -> argparse.ArgumentParser:
         " written; above it, writes can fail with ENOSPC once the pool fills)",
     )
     serve.add_argument(
+        "--cpu",
+        default=affinity.AUTO,
+        metavar="auto|off|N",
+        help="the one CPU every thread of the driver runs on (default auto: the one it starts on, when"
+        " it may use several; off: any, as the scheduler decides)",
+    )
+    serve.add_argument(
         "--peer-address", default=None, help="HOST:PORT of this node's peer service (mutual TLS)"
     )
     serve.add_argument(
@@ -233,6 +251,7 @@ def parse_args(argv: list[str]) -> Config:
         log_format=args.log_format,
         log_level=args.log_level,
         overprovision=parse_overprovision(args.overprovision),
+        cpu=parse_cpu(args.cpu),
         peer_address=peer_address,
         peer_tls_dir=peer_tls_dir,
         peers=peers,

@@ -68,6 +68,7 @@ OPTIONS: dict[str, Values] = {
         "pool": {"mode": "loopfile", "path": "/srv/btrfs-pool"},
         "quotaMode": "simple",
         "overprovision": 2.5,
+        "cpu": 3,
         "logFormat": "text",
         "logLevel": "debug",
         "commonLabels": {"team": "storage"},

@@ -37,6 +37,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "log-format": ({"logFormat": "xml"}, "/logFormat"),
     "overprovision-below-one": ({"overprovision": 0.5}, "/overprovision"),
     "overprovision-string": ({"overprovision": "lots"}, "/overprovision"),
+    "cpu-word": ({"cpu": "first"}, "/cpu"),
+    "cpu-negative": ({"cpu": -1}, "/cpu"),
     "pull-policy": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     "driver-name": ({"driverName": "Btrfs_CSI"}, "/driverName"),
     # topology.<name> must fit a 63-character label prefix

@@ -143,6 +143,7 @@ def test_driver_arguments_and_env() -> None:
     assert flag(driver, "driver-name") == "btrfs.csi.dev"
     assert flag(driver, "quota-mode") == "auto"
     assert float(flag(driver, "overprovision") or "") == 1.0
+    assert flag(driver, "cpu") == "auto"
     assert flag(driver, "log-format") == "json"
     pool = flag(driver, "pool")
     assert pool == "/var/lib/btrfs-csi"
@@ -158,6 +159,7 @@ def test_driver_options_reach_the_driver() -> None:
     assert flag(driver, "driver-name") == "fast.btrfs.example.com"
     assert flag(driver, "quota-mode") == "simple"
     assert flag(driver, "overprovision") == "2.5"
+    assert flag(driver, "cpu") == "3"
     assert flag(driver, "log-format") == "text"
     assert flag(driver, "log-level") == "debug"
     assert flag(driver, "pool") == "/srv/btrfs-pool"

@@ -130,3 +130,30 @@ def test_second_instance_on_the_same_socket_is_refused(
     _, socket = running
     assert_refused(run(*serve_args(socket, btrfs_mount)), "in use")
     assert socket.exists()  # the running driver's socket was left alone
+
+
+def test_a_cpu_it_may_not_use_is_refused(tmp_path: Path, socket_dir: Path) -> None:
+    assert_refused(run(*serve_args(socket_dir / "csi.sock", tmp_path, "--cpu", "4096")), "--cpu 4096")
+
+
+def thread_cpus(pid: int) -> set[str]:
+    """The Cpus_allowed_list of every thread of a process."""
+    return {
+        line.split(":", 1)[1].strip()
+        for status in Path(f"/proc/{pid}/task").glob("*/status")
+        for line in status.read_text().splitlines()
+        if line.startswith("Cpus_allowed_list:")
+    }
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a process allowed on 2 CPUs or more")
+def test_every_thread_runs_on_the_one_cpu_it_logs(running: tuple[subprocess.Popen[str], Path]) -> None:
+    process, socket = running
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        assert csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
+    cpus = thread_cpus(process.pid)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert len(cpus) == 1, cpus
+    assert f'"cpu": {cpus.pop()}' in stderr

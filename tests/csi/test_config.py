@@ -30,6 +30,7 @@ def test_defaults_and_derived_values() -> None:
     assert (config.quota_mode, config.log_format, config.log_level) == ("auto", "text", "INFO")
     assert config.metrics_address is None
     assert config.overprovision == 1.0  # promise only what can be written
+    assert config.cpu == "auto"
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.node_id = "other"  # type: ignore[misc]
 
@@ -50,6 +51,8 @@ def test_every_flag() -> None:
             "debug",
             "--overprovision",
             "1.5",
+            "--cpu",
+            "1",
         ]
     )
     assert config.driver_name == "btrfs.example.org"
@@ -58,6 +61,8 @@ def test_every_flag() -> None:
     assert config.metrics_address == ("::", 9842)
     assert (config.log_format, config.log_level) == ("json", "DEBUG")
     assert config.overprovision == 1.5
+    assert config.cpu == 1
+    assert parse_args([*BASE, "--cpu", "off"]).cpu == "off"
 
 
 def test_relative_pool_is_made_absolute() -> None:
@@ -88,6 +93,8 @@ def test_relative_pool_is_made_absolute() -> None:
         ([*BASE, "--overprovision", "nan"], "--overprovision"),
         ([*BASE, "--overprovision", "inf"], "--overprovision"),
         ([*BASE, "--overprovision", "lots"], "--overprovision"),
+        ([*BASE, "--cpu", "-1"], "--cpu"),
+        ([*BASE, "--cpu", "first"], "--cpu"),
     ],
 )
 def test_refusals_are_one_line_and_name_the_problem(args: list[str], words: str) -> None:
