@@ -1,11 +1,16 @@
-"""The item layouts of btrfs_tree.h as TREE_SEARCH returns them, and the item structs made from them."""
+"""The item layouts of btrfs_tree.h as TREE_SEARCH returns them, the item structs made from them, and the
+call itself."""
 
 import ctypes
+import os
 import struct
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from btrfs_core import ioctl, trees
+from btrfs_core import ioctl, subvolume, trees
 
 
 def test_an_item_struct_reads_named_fields_at_the_structures_offsets() -> None:
@@ -87,3 +92,30 @@ def test_a_qgroup_inherit_lists_its_qgroups_after_the_head(qgroups: list[int]) -
     assert args.flags & ioctl.SUBVOL_QGROUP_INHERIT
     assert args.size == len(expected) and args.qgroup_inherit == ctypes.addressof(inherit)
     assert ctypes.string_at(args.qgroup_inherit, args.size) == expected
+
+
+@pytest.mark.kernel
+def test_other_threads_run_while_an_ioctl_with_a_large_argument_works(btrfs_mount: Path) -> None:
+    # A snapshot (4 KiB of arguments) first flushes its source's dirty data: long enough to see whether
+    # another thread runs meanwhile. Holding the GIL through it, the other thread ran only at its edges.
+    subvolume.create(btrfs_mount / "source")
+    (btrfs_mount / "source" / "data").write_bytes(os.urandom(128 << 20))
+    ticks: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.001)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        started = time.monotonic()
+        subvolume.snapshot(btrfs_mount / "source", btrfs_mount / "snapshot", readonly=True)
+        ended = time.monotonic()
+    finally:
+        done.set()
+        ticker.join()
+    quarter = (ended - started) / 4
+    assert any(started + quarter < each < ended - quarter for each in ticks), (ended - started, len(ticks))
