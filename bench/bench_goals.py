@@ -13,7 +13,9 @@ state on a btrfs of its own, made the same way as ours. Every OK of ours is dura
 only after the group commit, and nothing here turns that off.
 
 - CreateVolume, 16 clients: volumes/s, rounds alternating between the drivers (and which goes first);
-  the median round of each. Goal: ours >= 1.0x the reference's.
+  the median round of each. Goal: ours >= 1.0x the reference's. Under it, each driver's CPU per call
+  (user + system, all threads): on 2 CPUs it bounds the rate. Then the same for ControllerGetCapabilities,
+  a call that does nothing: the gRPC runtime's own CPU per call (reported, no goal).
 - CreateSnapshot, 16 clients, of 16 volumes holding 64 MiB each (written and synced first): snapshots/s.
   Goal >= 1.0x.
 - Sequential, one call at a time, samples interleaved: (CreateVolume - Probe) over the bare ioctls
@@ -32,37 +34,29 @@ The load average is printed before and after: on a busy machine the figures are 
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
-
 from bench.bench_core import cli, ms
-from bench.bench_scale import measure_pools, populate, scaled_pool
+from bench.bench_scale import cpu_seconds, measure_pools, scaled_pool
 from bench.bench_scrape import measure as measure_scrape
+from bench.endpoints import Endpoint, ours, reference
 from btrfs_core import filesystem, quota, subvolume
 from btrfs_core.pool import Pool
 from csi.pb import csi_pb2, csi_pb2_grpc
-from tests.conftest import free_port
 from tests.csi.conftest import mount_capability
-from tests.stress.harness import RPC_TIMEOUT, ServedDriver
-from tests.support import loop_pool
+from tests.stress.harness import RPC_TIMEOUT
 
 MiB = 1 << 20
 GiB = 1 << 30
 CLIENTS = 16
 SNAPSHOT_DATA = 64 * MiB
-REPO = Path(__file__).resolve().parents[1]
-BUILD_REFERENCE = REPO / "tools" / "csi-driver-host-path"
 SNAPSHOTS_ENV = "BTRFS_CSI_BENCH_SNAPSHOTS"
 Request = TypeVar("Request")
 Stub = csi_pb2_grpc.ControllerStub
@@ -71,80 +65,6 @@ Stub = csi_pb2_grpc.ControllerStub
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
-
-
-@dataclass
-class Endpoint:
-    """A driver on a unix socket, and where the data of a volume id lands (to fill it before snapshots)."""
-
-    label: str
-    socket: Path
-    root: Path  # the mount point of the driver's btrfs
-    data_dir: Callable[[str], Path]
-    pid: int
-
-    @contextmanager
-    def stubs(self) -> Iterator[tuple[csi_pb2_grpc.IdentityStub, csi_pb2_grpc.ControllerStub]]:
-        with grpc.insecure_channel(f"unix://{self.socket}") as channel:
-            yield csi_pb2_grpc.IdentityStub(channel), csi_pb2_grpc.ControllerStub(channel)
-
-
-def wait_ready(socket: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"bench: the reference driver exited with {process.returncode}")
-        if socket.exists():
-            with grpc.insecure_channel(f"unix://{socket}") as channel:
-                try:
-                    csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=2)
-                    return
-                except grpc.RpcError:
-                    pass
-        time.sleep(0.01)
-    raise SystemExit(f"bench: the reference driver was not ready within {timeout} s")
-
-
-@contextmanager
-def reference(size: int) -> Iterator[Endpoint]:
-    """The reference driver, its state directory on a btrfs of its own; stopped and removed afterwards."""
-    built = subprocess.run([str(BUILD_REFERENCE)], stdout=subprocess.PIPE, text=True, timeout=1800)
-    if built.returncode != 0:
-        raise SystemExit(f"bench: {BUILD_REFERENCE} failed ({built.returncode}): no reference to compare")
-    binary = Path(built.stdout.strip())
-    label = "csi-driver-host-path" if binary.name == "hostpathplugin" else "hostpath-standin"
-    with loop_pool(size=size, prefix="btrfs-csi-bench-ref-") as mount, ExitStack() as cleanup:
-        workdir = Path(tempfile.mkdtemp(prefix="csi-bench-ref-"))
-        cleanup.callback(os.rmdir, workdir)
-        socket = workdir / "csi.sock"
-        cleanup.callback(socket.unlink, missing_ok=True)
-        log = cleanup.enter_context(open(workdir / "driver.log", "wb"))
-        cleanup.callback((workdir / "driver.log").unlink)
-        state = mount / "state"
-        args = ["--endpoint", f"unix://{socket}", "--nodeid", "bench", "--statedir", str(state)]
-        process = subprocess.Popen([str(binary), *args], stdout=log, stderr=subprocess.STDOUT)
-        cleanup.callback(process.wait, 30)
-        cleanup.callback(process.kill)
-        wait_ready(socket, process)
-        yield Endpoint(label, socket, mount, lambda volume_id: state / volume_id, process.pid)
-
-
-@contextmanager
-def ours(size: int, existing: int = 0, snapshots: bool = False) -> Iterator[Endpoint]:
-    """`btrfs-csi serve` as the chart runs it (INFO log, metrics exporter on) on a fresh pool, which holds
-    `existing` 1 MiB volumes (and a snapshot of each if `snapshots`) made through the core."""
-    with loop_pool(size=size, prefix="btrfs-csi-bench-ours-") as mount:
-        populate(mount, existing, snapshots=snapshots)
-        metrics = ("--metrics-address", f"127.0.0.1:{free_port()}")
-        with ServedDriver(mount, metrics) as driver:
-            driver.start()
-            driver.wait_ready()
-            assert driver.process is not None
-            volumes = mount / "volumes"
-            yield Endpoint(
-                "btrfs-csi", driver.socket, mount, lambda volume_id: volumes / volume_id, driver.process.pid
-            )
-            assert driver.stop() == 0, driver.log_tail()
 
 
 def create_request(name: str, capacity: int = MiB) -> csi_pb2.CreateVolumeRequest:
@@ -157,6 +77,10 @@ def create_request(name: str, capacity: int = MiB) -> csi_pb2.CreateVolumeReques
 
 def create_volume(controller: Stub, request: csi_pb2.CreateVolumeRequest) -> object:
     return controller.CreateVolume(request, timeout=RPC_TIMEOUT)
+
+
+def capabilities(controller: Stub, request: csi_pb2.ControllerGetCapabilitiesRequest) -> object:
+    return controller.ControllerGetCapabilities(request, timeout=RPC_TIMEOUT)
 
 
 def create_snapshot(controller: Stub, request: csi_pb2.CreateSnapshotRequest) -> object:
@@ -186,15 +110,23 @@ def concurrently(
         return time.perf_counter() - started
 
 
-def create_throughput(drivers: list[Endpoint], rounds: int, per_round: int) -> dict[str, list[float]]:
-    """Volumes/s of each driver per round; the drivers alternate, and so does which one goes first."""
+def throughput(
+    drivers: list[Endpoint],
+    rounds: int,
+    make: Callable[[Endpoint, int], list[Request]],
+    send: Callable[[Stub, Request], object],
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Calls/s of each driver per round (`make(driver, round)`: its requests), the drivers alternating and
+    which goes first too; and each driver's median CPU ms per call (all its threads, user and system)."""
     rates: dict[str, list[float]] = {driver.label: [] for driver in drivers}
+    cpu: dict[str, list[float]] = {driver.label: [] for driver in drivers}
     for round_number in range(rounds):
-        order = drivers if round_number % 2 == 0 else drivers[::-1]
-        for driver in order:
-            requests = [create_request(f"tp-{round_number}-{i}") for i in range(per_round)]
-            rates[driver.label].append(per_round / concurrently(driver, requests, create_volume))
-    return rates
+        for driver in drivers if round_number % 2 == 0 else drivers[::-1]:
+            requests = make(driver, round_number)
+            before = cpu_seconds(driver.pid)
+            rates[driver.label].append(len(requests) / concurrently(driver, requests, send))
+            cpu[driver.label].append((cpu_seconds(driver.pid) - before) * 1000 / len(requests))
+    return rates, {label: statistics.median(each) for label, each in cpu.items()}
 
 
 def fill(endpoint: Endpoint, count: int, payload: bytes) -> list[str]:
@@ -211,20 +143,20 @@ def fill(endpoint: Endpoint, count: int, payload: bytes) -> list[str]:
     return ids
 
 
-def snapshot_throughput(drivers: list[Endpoint], rounds: int) -> dict[str, list[float]]:
-    """Snapshots/s of each driver: CLIENTS clients, each snapshotting its own 64 MiB volume, per round."""
+def snapshot_throughput(
+    drivers: list[Endpoint], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """throughput() of CreateSnapshot: CLIENTS clients, each snapshotting its own 64 MiB volume, per round."""
     payload = os.urandom(SNAPSHOT_DATA)  # incompressible: the reference gzips what it archives
     sources = {driver.label: fill(driver, CLIENTS, payload) for driver in drivers}
-    rates: dict[str, list[float]] = {driver.label: [] for driver in drivers}
-    for round_number in range(rounds):
-        order = drivers if round_number % 2 == 0 else drivers[::-1]
-        for driver in order:
-            requests = [
-                csi_pb2.CreateSnapshotRequest(name=f"snap-{round_number}-{i}", source_volume_id=source)
-                for i, source in enumerate(sources[driver.label])
-            ]
-            rates[driver.label].append(len(requests) / concurrently(driver, requests, create_snapshot))
-    return rates
+
+    def requests(driver: Endpoint, round_number: int) -> list[csi_pb2.CreateSnapshotRequest]:
+        return [
+            csi_pb2.CreateSnapshotRequest(name=f"snap-{round_number}-{i}", source_volume_id=source)
+            for i, source in enumerate(sources[driver.label])
+        ]
+
+    return throughput(drivers, rounds, requests, create_snapshot)
 
 
 def sequential(endpoint: Endpoint, mount: Path, samples: int) -> dict[str, float]:
@@ -278,11 +210,22 @@ class Figure:
         return "PASS" if met else "MISS"
 
 
-def throughput_figure(what: str, rates: dict[str, list[float]], drivers: list[Endpoint]) -> Figure:
-    """Ours (the first driver) against the other: the median round of each, every round printed."""
-    print(f"# {what}, rounds (/s): {rates}; {load()}", file=sys.stderr, flush=True)
+def throughput_figures(
+    what: str,
+    measured: tuple[dict[str, list[float]], dict[str, float]],
+    drivers: list[Endpoint],
+    goal: str = ">= 1.0",
+) -> list[Figure]:
+    """Ours (the first driver) against the other: the median round of each, every round printed; and
+    the CPU each driver spent per call, which bounds the rate on a machine this small."""
+    rates, cpu = measured
+    print(f"# {what}, rounds (/s): {rates}; CPU ms per call {cpu}; {load()}", file=sys.stderr, flush=True)
     mine, theirs = (statistics.median(rates[driver.label]) for driver in drivers)
-    return Figure(what, mine, theirs, "/s", ">= 1.0")
+    mine_cpu, theirs_cpu = (cpu[driver.label] for driver in drivers)
+    return [
+        Figure(what, mine, theirs, "/s", goal),
+        Figure("  driver CPU per call (user + system)", mine_cpu, theirs_cpu, "ms", ""),
+    ]
 
 
 def print_figures(figures: list[Figure], reference_label: str) -> None:
@@ -345,12 +288,22 @@ def main() -> int:
     size = 16 * GiB  # sparse: 16 x 64 MiB sources, the volumes' limits and the reference's archives
     with ours(size) as btrfs_csi, reference(size) as other:
         drivers = [btrfs_csi, other]
-        rates = create_throughput(drivers, args.rounds, args.per_round)
+        measured = throughput(
+            drivers,
+            args.rounds,
+            lambda _driver, r: [create_request(f"tp-{r}-{i}") for i in range(args.per_round)],
+            create_volume,
+        )
         what = f"CreateVolume, {CLIENTS} clients ({args.rounds} rounds of {args.per_round:,})"
-        figures.append(throughput_figure(what, rates, drivers))
-        rates = snapshot_throughput(drivers, args.snapshot_rounds)
-        figures.append(
-            throughput_figure(f"CreateSnapshot of 64 MiB volumes, {CLIENTS} clients", rates, drivers)
+        figures += throughput_figures(what, measured, drivers)
+        # The gRPC floor: a call that does nothing, so its CPU is each runtime's own cost per call.
+        floor = [csi_pb2.ControllerGetCapabilitiesRequest()] * (10 * args.per_round)
+        measured = throughput(drivers, 2, lambda _driver, _r: floor, capabilities)
+        what = f"ControllerGetCapabilities, {CLIENTS} clients (the gRPC floor)"
+        figures += throughput_figures(what, measured, drivers, goal="")
+        measured = snapshot_throughput(drivers, args.snapshot_rounds)
+        figures += throughput_figures(
+            f"CreateSnapshot of 64 MiB volumes, {CLIENTS} clients", measured, drivers
         )
         seq = sequential(btrfs_csi, btrfs_csi.root, args.samples)
         print(f"# sequential medians (ms): {seq}; {load()}", file=sys.stderr, flush=True)

@@ -30,8 +30,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.bench_goals import CLIENTS, concurrently, create_request, create_volume, load, ours
+from bench.bench_goals import CLIENTS, concurrently, create_request, create_volume, load
 from bench.bench_scale import pool_size
+from bench.endpoints import ours
 
 GiB = 1 << 30
 RATE = 100  # samples per second and thread: more slows the driver visibly on 2 cores

@@ -1,0 +1,95 @@
+"""The two drivers the benches compare, each served in a process of its own on a unix socket: `btrfs-csi
+serve` as the chart runs it, and the reference that tools/csi-driver-host-path builds."""
+
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.bench_scale import populate
+from csi.pb import csi_pb2, csi_pb2_grpc
+from tests.conftest import free_port
+from tests.stress.harness import ServedDriver
+from tests.support import loop_pool
+
+BUILD_REFERENCE = Path(__file__).resolve().parents[1] / "tools" / "csi-driver-host-path"
+
+
+@dataclass
+class Endpoint:
+    """A driver on a unix socket, and where the data of a volume id lands (to fill it before snapshots)."""
+
+    label: str
+    socket: Path
+    root: Path  # the mount point of the driver's btrfs
+    data_dir: Callable[[str], Path]
+    pid: int
+
+    @contextmanager
+    def stubs(self) -> Iterator[tuple[csi_pb2_grpc.IdentityStub, csi_pb2_grpc.ControllerStub]]:
+        with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+            yield csi_pb2_grpc.IdentityStub(channel), csi_pb2_grpc.ControllerStub(channel)
+
+
+def wait_ready(socket: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: the reference driver exited with {process.returncode}")
+        if socket.exists():
+            with grpc.insecure_channel(f"unix://{socket}") as channel:
+                try:
+                    csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=2)
+                    return
+                except grpc.RpcError:
+                    pass
+        time.sleep(0.01)
+    raise SystemExit(f"bench: the reference driver was not ready within {timeout} s")
+
+
+@contextmanager
+def reference(size: int) -> Iterator[Endpoint]:
+    """The reference driver, its state directory on a btrfs of its own; stopped and removed afterwards."""
+    built = subprocess.run([str(BUILD_REFERENCE)], stdout=subprocess.PIPE, text=True, timeout=1800)
+    if built.returncode != 0:
+        raise SystemExit(f"bench: {BUILD_REFERENCE} failed ({built.returncode}): no reference to compare")
+    binary = Path(built.stdout.strip())
+    label = "csi-driver-host-path" if binary.name == "hostpathplugin" else "hostpath-standin"
+    with loop_pool(size=size, prefix="btrfs-csi-bench-ref-") as mount, ExitStack() as cleanup:
+        workdir = Path(tempfile.mkdtemp(prefix="csi-bench-ref-"))
+        cleanup.callback(os.rmdir, workdir)
+        socket = workdir / "csi.sock"
+        cleanup.callback(socket.unlink, missing_ok=True)
+        log = cleanup.enter_context(open(workdir / "driver.log", "wb"))
+        cleanup.callback((workdir / "driver.log").unlink)
+        state = mount / "state"
+        args = ["--endpoint", f"unix://{socket}", "--nodeid", "bench", "--statedir", str(state)]
+        process = subprocess.Popen([str(binary), *args], stdout=log, stderr=subprocess.STDOUT)
+        cleanup.callback(process.wait, 30)
+        cleanup.callback(process.kill)
+        wait_ready(socket, process)
+        yield Endpoint(label, socket, mount, lambda volume_id: state / volume_id, process.pid)
+
+
+@contextmanager
+def ours(size: int, existing: int = 0, snapshots: bool = False) -> Iterator[Endpoint]:
+    """`btrfs-csi serve` as the chart runs it (INFO log, metrics exporter on) on a fresh pool, which holds
+    `existing` 1 MiB volumes (and a snapshot of each if `snapshots`) made through the core."""
+    with loop_pool(size=size, prefix="btrfs-csi-bench-ours-") as mount:
+        populate(mount, existing, snapshots=snapshots)
+        metrics = ("--metrics-address", f"127.0.0.1:{free_port()}")
+        with ServedDriver(mount, metrics) as driver:
+            driver.start()
+            driver.wait_ready()
+            assert driver.process is not None
+            volumes = mount / "volumes"
+            yield Endpoint(
+                "btrfs-csi", driver.socket, mount, lambda volume_id: volumes / volume_id, driver.process.pid
+            )
+            assert driver.stop() == 0, driver.log_tail()
