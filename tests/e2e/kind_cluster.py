@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from tests.e2e.release import (
     helm_release,
     release_logs,
 )
-from tests.e2e.steps import log, run, wait_for
+from tests.e2e.steps import brought_up, command, log, run, wait_for
 
 CLUSTER_NAME = os.environ.get("BTRFS_CSI_E2E_CLUSTER", "btrfs-csi-e2e")
 WORKDIR = Path(os.environ.get("BTRFS_CSI_E2E_WORKDIR", f"/var/tmp/{CLUSTER_NAME}"))
@@ -169,7 +168,7 @@ class Cluster:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def check_absent(self) -> None:
+    def preflight(self) -> None:
         """Refuse to touch a cluster this run did not make (e.g. one kept with BTRFS_CSI_E2E_KEEP)."""
         if self.name in run("kind", "get", "clusters").stdout.split():
             raise RuntimeError(
@@ -177,7 +176,7 @@ class Cluster:
             )
 
     def up(self) -> None:
-        self.check_absent()
+        """After preflight()."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         for node in self.worker_names():
             self.host_pool(node).create()
@@ -329,30 +328,23 @@ def distributed_snapshot_controller(docs: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
-@contextlib.contextmanager
-def e2e_cluster(keep: bool = False) -> Iterator[Cluster]:
+def e2e_cluster(keep: bool = False) -> contextlib.AbstractContextManager[Cluster]:
     cluster = Cluster()
-    cluster.check_absent()  # outside the try: never tear down someone else's cluster
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        if keep:
-            log(f"keeping cluster {cluster.name}; remove it with `python -m tests.e2e.kind_cluster down`")
-        else:
-            cluster.down()
+    kept = f"keeping cluster {cluster.name}; remove it with `python -m tests.e2e.kind_cluster down`"
+    return brought_up(cluster, keep, kept)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ("up", "down"):
-        print("usage: python -m tests.e2e.kind_cluster up|down", file=sys.stderr)
+    action = command(argv, "tests.e2e.kind_cluster")
+    if action is None:
         return 2
     missing = missing_prerequisites()
     if missing:
         print("cannot run: missing " + "; ".join(missing), file=sys.stderr)
         return 1
     cluster = Cluster()
-    if argv[0] == "up":
+    if action == "up":
+        cluster.preflight()
         cluster.up()
         print(f"export KUBECONFIG={cluster.kubeconfig}")
     else:

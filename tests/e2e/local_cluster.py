@@ -29,7 +29,6 @@ import ssl
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ from tests.e2e.release import (
     helm_release,
     release_logs,
 )
-from tests.e2e.steps import log, run, wait_for
+from tests.e2e.steps import brought_up, command, log, run, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("E2E_CACHE", "/var/cache/btrfs-csi-e2e"))
@@ -131,8 +130,8 @@ class LocalCluster:
                 raise RuntimeError(f"{path} is in use: refusing to run a second kubelet over it")
 
     def up(self) -> None:
+        """After preflight()."""
         started = time.monotonic()
-        self.preflight()
         shutil.rmtree(self.logs, ignore_errors=True)  # this run's logs only, for diagnostics
         for d in (self.work, self.logs, self.pids):
             d.mkdir(parents=True, exist_ok=True)
@@ -296,26 +295,17 @@ class LocalCluster:
         return "\n".join(out)
 
 
-@contextlib.contextmanager
-def local_cluster(keep: bool = False) -> Iterator[LocalCluster]:
-    cluster = LocalCluster()
-    cluster.preflight()  # outside the try: never tear down a cluster this run did not make
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        if keep:
-            log("keeping the local cluster; stop it with `make e2e-down`")
-        else:
-            cluster.down()
+def local_cluster(keep: bool = False) -> contextlib.AbstractContextManager[LocalCluster]:
+    return brought_up(LocalCluster(), keep, "keeping the local cluster; stop it with `make e2e-down`")
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ("up", "down"):
-        print("usage: python -m tests.e2e.local_cluster up|down", file=sys.stderr)
+    action = command(argv, "tests.e2e.local_cluster")
+    if action is None:
         return 2
     cluster = LocalCluster()
-    if argv[0] == "up":
+    if action == "up":
+        cluster.preflight()
         try:
             cluster.up()
         except BaseException:

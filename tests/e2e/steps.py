@@ -1,16 +1,27 @@
 """What every step of the e2e suite does, whatever the cluster: log a line, run a command, wait for a
-condition."""
+condition; and how either provider brings its cluster up for a run (`brought_up`) or from the command
+line (`command`)."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Protocol, TypeVar
 
 from tests.support import eventually
 
 T = TypeVar("T")
+
+
+class Bringable(Protocol):
+    def preflight(self) -> None: ...  # refuses a cluster this run did not make, and what is missing
+    def up(self) -> None: ...
+    def down(self) -> None: ...
+
+
+B = TypeVar("B", bound=Bringable)
 
 
 def log(message: str) -> None:
@@ -37,3 +48,26 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
         return () if value is None or value is False else (value,)
 
     return eventually(answered, what, timeout, interval, ignoring=(Exception,))[0]
+
+
+@contextlib.contextmanager
+def brought_up(cluster: B, keep: bool, kept: str) -> Iterator[B]:
+    """The cluster up for one run and down afterwards, or, with `keep`, left up and `kept` logged (how to
+    take it down). The preflight runs outside: a run never tears down a cluster it did not make."""
+    cluster.preflight()
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        if keep:
+            log(kept)
+        else:
+            cluster.down()
+
+
+def command(argv: list[str], module: str) -> str | None:
+    """`up` or `down` from `python -m <module> up|down`; None after printing the usage."""
+    if len(argv) != 1 or argv[0] not in ("up", "down"):
+        print(f"usage: python -m {module} up|down", file=sys.stderr)
+        return None
+    return argv[0]
