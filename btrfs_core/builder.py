@@ -52,12 +52,11 @@ class VolumeBuilder:
         origin = received or self._origin(source, capacity)
         into = into or self._volumes_dir / volume_id
         staged = self._staging.path(volume_id)
-        space = self._fs.space() if received is None else None
         with self._lock:
-            if received is None and volume_id in self._capacities.arriving:  # its staging path, its promise
-                raise InUse(f"volume {volume_id} is being received: claim or abandon it first")
-            if space is not None:
-                self._capacities.reserve(volume_id, capacity, space)
+            if received is None:
+                if volume_id in self._capacities.arriving:  # its staging path, its promise
+                    raise InUse(f"volume {volume_id} is being received: claim or abandon it first")
+                self._capacities.reserve(volume_id, capacity)
             self._staging.busy.add(staged)  # not debris for a clean-up meanwhile
         group = None
         try:

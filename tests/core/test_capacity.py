@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from btrfs_core import filesystem
+from btrfs_core import capacity, filesystem
 from btrfs_core.errors import InsufficientCapacity
 from btrfs_core.pool import Pool
 from tests.conftest import kernel_skip_reason
@@ -162,6 +162,20 @@ def test_what_a_kept_snapshot_holds_is_not_promised_again() -> None:
         names = promise_everything(pool, "after", 300 * MiB)
         written = assert_every_promise_writable(pool, names)
         assert written >= empty - len(names) * TREE_MARGIN
+
+
+def test_a_create_sees_what_a_deleted_volumes_snapshot_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creates share a reading of the pool's space; a released promise drops it. Here a reading would
+    otherwise last the whole test, taken when the pool was empty."""
+    monkeypatch.setattr(capacity, "SPACE_READING_SECONDS", 3600.0)
+    with small_pool() as pool:
+        pool.create_volume("gone", 890 * MiB)
+        assert pod_fills(pool.volume_path("gone"), most=880 * MiB) == Written(880 * MiB, "OK")
+        pool.create_snapshot("kept", "gone")
+        pool.delete_volume("gone")
+        filesystem.sync(pool.root)
+        with pytest.raises(InsufficientCapacity):
+            pool.create_volume("too-big", 1200 * MiB)  # it would fit the empty pool
 
 
 def test_a_volume_may_only_grow_into_room_it_has_not_written() -> None:

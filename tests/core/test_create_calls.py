@@ -1,14 +1,16 @@
 """What a CreateVolume costs in calls to the filesystem: a new volume's metadata is written once and
-its answer built from what was written, with nothing read back or removed. Logic, on the fake."""
+its answer built from what was written, with nothing read back or removed; creates in a row share a
+reading of the pool's space. Logic, on the fake."""
 
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from btrfs_core.errors import ReadOnly
+from btrfs_core import capacity
+from btrfs_core.errors import InsufficientCapacity, ReadOnly
 from btrfs_core.fake import FakeBackend
-from btrfs_core.models import QuotaStatus, Source, SourceKind
+from btrfs_core.models import PoolSpace, QuotaStatus, Source, SourceKind
 from btrfs_core.pool import Pool
 
 MiB = 1 << 20
@@ -17,9 +19,13 @@ MiB = 1 << 20
 class CountingBackend(FakeBackend):
     """The fake, counting the metadata calls and the looks at the pool's state."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, size: int = 1 << 30) -> None:
+        super().__init__(root, size)
         self.calls: Counter[str] = Counter()
+
+    def space(self) -> PoolSpace:
+        self.calls["space"] += 1
+        return super().space()
 
     def read_xattr(self, path: Path, name: str) -> bytes | None:
         self.calls["read_xattr"] += 1
@@ -47,7 +53,7 @@ def test_a_new_volume_is_written_once_and_answered_from_what_was_written(tmp_pat
     pool = Pool.open(tmp_path, backend=backend)
     backend.calls.clear()
     volume = pool.create_volume("v", 8 * MiB, metadata={"k": "v"})
-    assert backend.calls == Counter(write_xattr=1)
+    assert backend.calls == Counter(write_xattr=1, space=1)
     assert pool.get_volume("v") == volume
 
 
@@ -77,3 +83,39 @@ def test_only_a_restore_removes_the_snapshot_metadata_it_copied(tmp_path: Path) 
     assert backend.calls["remove_xattr"] == 1
     assert pool.list_snapshots() == [pool.get_snapshot("s")]  # the restore is no snapshot
     assert [pool.get_volume("clone"), pool.get_volume("restore")] == [clone, restore]
+
+
+def test_creates_in_a_row_share_a_reading_of_the_pools_space_until_a_promise_is_released(
+    tmp_path: Path,
+) -> None:
+    backend = CountingBackend(tmp_path)
+    pool = Pool.open(tmp_path, backend=backend)
+    backend.calls.clear()
+    for name in ("a", "b", "c"):
+        pool.create_volume(name, 8 * MiB)
+    assert backend.calls["space"] == 1
+    pool.delete_volume("a")  # what it wrote may stay, held by a snapshot, and is no longer promised
+    pool.create_volume("d", 8 * MiB)
+    assert backend.calls["space"] == 2
+
+
+def test_a_reading_of_the_pools_space_is_not_used_past_its_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(capacity, "SPACE_READING_SECONDS", 0.0)
+    backend = CountingBackend(tmp_path)
+    pool = Pool.open(tmp_path, backend=backend)
+    backend.calls.clear()
+    for name in ("a", "b", "c"):
+        pool.create_volume(name, 8 * MiB)
+    assert backend.calls["space"] == 3
+
+
+def test_a_create_that_does_not_fit_the_reading_is_judged_on_a_fresh_one(tmp_path: Path) -> None:
+    backend = CountingBackend(tmp_path, size=100 * MiB)
+    pool = Pool.open(tmp_path, backend=backend)
+    pool.create_volume("a", 60 * MiB)  # read: 40 MiB left
+    backend.size = 400 * MiB  # the pool grew (a device added) within the reading's age
+    pool.create_volume("b", 200 * MiB)
+    with pytest.raises(InsufficientCapacity, match="available"):
+        pool.create_volume("c", 200 * MiB)  # no reading makes room that is not there

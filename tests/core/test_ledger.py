@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from btrfs_core import capacity
 from btrfs_core.capacity import Ledger, Promise
 from btrfs_core.errors import InsufficientCapacity
 from btrfs_core.fake import FakeBackend
@@ -42,8 +43,10 @@ def test_the_ledger_keeps_the_sum_of_its_promises() -> None:
 
 
 def test_a_create_far_from_full_reads_no_usage_and_near_full_decides_exactly(
-    backend: CountingBackend,
+    backend: CountingBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Each create on a fresh reading of the pool's space: here "a" writes between two creates.
+    monkeypatch.setattr(capacity, "SPACE_READING_SECONDS", 0.0)
     pool = Pool.open(backend.root, backend=backend)
     pool.create_volume("a", 100 * MiB)
     pool.create_volume("b", 100 * MiB)

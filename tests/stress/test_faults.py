@@ -8,6 +8,7 @@ after each fault the driver still answers Probe and serves the other volumes.
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from btrfs_core import quota
+from btrfs_core import capacity, quota
 from csi.pb import csi_pb2
 from tests.core.oracle import cli
 from tests.csi.conftest import Client, MiB, code_of, error_of, mount_capability
@@ -88,6 +89,8 @@ def fill(path: Path) -> int:
 def test_pool_full_refuses_creates_and_says_why(client: Client, btrfs_mount: Path) -> None:
     client.create_volume("other", 8 * MiB)
     fill(btrfs_mount / "not-a-volume")  # something else on the pool's filesystem took the space
+    # Creates share a reading of the pool's space this young (README: Capacity); fallocate was quicker.
+    time.sleep(capacity.SPACE_READING_SECONDS)
     request = csi_pb2.CreateVolumeRequest(
         name="late",
         capacity_range=csi_pb2.CapacityRange(required_bytes=MiB),
