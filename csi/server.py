@@ -232,6 +232,9 @@ def _bounded_server(max_workers: int, observer: RpcObserver) -> grpc.Server:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A TCP port another process listens on is refused, not shared: with gRPC's default
+            # SO_REUSEPORT a second driver took half of the peers' connections without a word.
+            ("grpc.so_reuseport", 0),
         ],
     )
 

@@ -43,7 +43,10 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, Test
 @pytest.fixture
 def installation(certificates: tuple[TestCA, TestCA, dict[str, Path]]) -> Installation:
     ca, stranger, dirs = certificates
-    return Installation(ca, stranger, dirs, {node: free_port() for node in NODES})
+    ports: dict[str, int] = {}
+    while len(set(ports.values())) < len(NODES):  # two picks of a free port may be the same port
+        ports = {node: free_port() for node in NODES}
+    return Installation(ca, stranger, dirs, ports)
 
 
 def channel_to(node: str, port: int, tls_dir: Path, name: str | None = None) -> grpc.Channel:

@@ -2,17 +2,23 @@
 narrow Locate call (by kind and ID, never a path)."""
 
 import logging
+import tempfile
 from pathlib import Path
 
 import grpc
 import pytest
 
+from btrfs_core.fake import FakeBackend
 from btrfs_core.models import Source, SourceKind
+from btrfs_core.pool import Pool
+from csi.__main__ import start
+from csi.config import Config
 from csi.errors import CsiError
 from csi.pb import peer_pb2
 from csi.peer.client import PeerClient
 from csi.peer.directory import StaticPeers
 from csi.peer.tls import TlsMaterial
+from csi.server import ServeError
 from tests.peer.conftest import Installation, StartNode, channel_to, stub
 
 MiB = 1 << 20
@@ -150,3 +156,26 @@ def test_a_node_does_not_ask_itself(start_node: StartNode) -> None:
     snapshot = a.pool.create_snapshot("snap-1", a.pool.create_volume("pvc-1", 32 * MiB).id)
     assert a.peers is not None
     assert a.peers.client.locate(Source(SourceKind.SNAPSHOT, snapshot.id)) is None
+
+
+def test_a_peer_port_another_driver_listens_on_is_refused_not_shared(
+    start_node: StartNode, installation: Installation, tmp_path: Path
+) -> None:
+    """gRPC would share it (SO_REUSEPORT): the kernel would then hand each peer's connection to either
+    process. A second driver on the same node and port must refuse to start instead."""
+    start_node("node-a")
+    root = tmp_path / "second"
+    root.mkdir()
+    sockets = Path(tempfile.mkdtemp(prefix="peer-"))  # short: unix socket paths are limited
+    config = Config(
+        socket_path=sockets / "second.sock",
+        node_id="node-a",
+        pool=root,
+        max_workers=4,
+        peer_address=("127.0.0.1", installation.ports["node-a"]),
+        peer_tls_dir=installation.tls_dirs["node-a"],
+        peers=installation.peers,
+    )
+    with pytest.raises(ServeError, match="cannot listen"):
+        start(config, Pool.open(root, backend=FakeBackend(root)))
+    sockets.rmdir()  # the peer port is bound first: the CSI socket was never made
