@@ -37,6 +37,7 @@ bench: $(STAMP) system-deps
 	$(PY) -m bench.bench_grpc
 	$(PY) -m bench.bench_scrape
 	$(PY) -m bench.bench_goals
+	$(PY) -m bench.bench_parts
 	$(PY) -m bench.bench_quota
 	$(PY) -m bench.bench_tuning
 	$(PY) -m bench.bench_transfer

@@ -37,11 +37,11 @@ class Endpoint:
             yield csi_pb2_grpc.IdentityStub(channel), csi_pb2_grpc.ControllerStub(channel)
 
 
-def wait_ready(socket: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_ready(label: str, socket: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"bench: the reference driver exited with {process.returncode}")
+            raise SystemExit(f"bench: {label} exited with {process.returncode}")
         if socket.exists():
             with grpc.insecure_channel(f"unix://{socket}") as channel:
                 try:
@@ -50,7 +50,32 @@ def wait_ready(socket: Path, process: subprocess.Popen[bytes], timeout: float = 
                 except grpc.RpcError:
                     pass
         time.sleep(0.01)
-    raise SystemExit(f"bench: the reference driver was not ready within {timeout} s")
+    raise SystemExit(f"bench: {label} was not ready within {timeout} s")
+
+
+@contextmanager
+def spawned(
+    label: str,
+    argv: Callable[[Path], list[str]],
+    mount: Path,
+    data_dir: Callable[[str], Path],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[Endpoint]:
+    """A driver process started with `argv(socket)`, its log beside its socket in a directory of its own;
+    killed and removed afterwards."""
+    with ExitStack() as cleanup:
+        workdir = Path(tempfile.mkdtemp(prefix="csi-bench-"))
+        cleanup.callback(os.rmdir, workdir)
+        socket = workdir / "csi.sock"
+        cleanup.callback(socket.unlink, missing_ok=True)
+        log = cleanup.enter_context(open(workdir / "driver.log", "wb"))
+        cleanup.callback((workdir / "driver.log").unlink)
+        process = subprocess.Popen(argv(socket), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        cleanup.callback(process.wait, 30)
+        cleanup.callback(process.kill)
+        wait_ready(label, socket, process)
+        yield Endpoint(label, socket, mount, data_dir, process.pid)
 
 
 @contextmanager
@@ -61,20 +86,15 @@ def reference(size: int) -> Iterator[Endpoint]:
         raise SystemExit(f"bench: {BUILD_REFERENCE} failed ({built.returncode}): no reference to compare")
     binary = Path(built.stdout.strip())
     label = "csi-driver-host-path" if binary.name == "hostpathplugin" else "hostpath-standin"
-    with loop_pool(size=size, prefix="btrfs-csi-bench-ref-") as mount, ExitStack() as cleanup:
-        workdir = Path(tempfile.mkdtemp(prefix="csi-bench-ref-"))
-        cleanup.callback(os.rmdir, workdir)
-        socket = workdir / "csi.sock"
-        cleanup.callback(socket.unlink, missing_ok=True)
-        log = cleanup.enter_context(open(workdir / "driver.log", "wb"))
-        cleanup.callback((workdir / "driver.log").unlink)
+    with loop_pool(size=size, prefix="btrfs-csi-bench-ref-") as mount:
         state = mount / "state"
-        args = ["--endpoint", f"unix://{socket}", "--nodeid", "bench", "--statedir", str(state)]
-        process = subprocess.Popen([str(binary), *args], stdout=log, stderr=subprocess.STDOUT)
-        cleanup.callback(process.wait, 30)
-        cleanup.callback(process.kill)
-        wait_ready(socket, process)
-        yield Endpoint(label, socket, mount, lambda volume_id: state / volume_id, process.pid)
+
+        def argv(socket: Path) -> list[str]:
+            endpoint = f"unix://{socket}"
+            return [str(binary), "--endpoint", endpoint, "--nodeid", "bench", "--statedir", str(state)]
+
+        with spawned(label, argv, mount, lambda volume_id: state / volume_id) as endpoint:
+            yield endpoint
 
 
 @contextmanager
