@@ -150,13 +150,18 @@ def test_every_promised_byte_can_be_written(mode: str) -> None:
         assert written >= empty - len(names) * TREE_MARGIN
 
 
+def keep_a_deleted_volumes_data(pool: Pool) -> None:
+    """880 MiB written in a volume, which is deleted while a snapshot of it keeps them."""
+    pool.create_volume("gone", 890 * MiB)
+    assert pod_fills(pool.volume_path("gone"), most=880 * MiB) == Written(880 * MiB, "OK")
+    pool.create_snapshot("kept", "gone")
+    pool.delete_volume("gone")
+    filesystem.sync(pool.root)
+
+
 def test_what_a_kept_snapshot_holds_is_not_promised_again() -> None:
     with small_pool() as pool:
-        pool.create_volume("gone", 890 * MiB)
-        assert pod_fills(pool.volume_path("gone"), most=880 * MiB) == Written(880 * MiB, "OK")
-        pool.create_snapshot("kept", "gone")
-        pool.delete_volume("gone")
-        filesystem.sync(pool.root)
+        keep_a_deleted_volumes_data(pool)
         empty = pool.available_capacity()
         assert empty < 1900 * MiB - 870 * MiB, empty / MiB  # the snapshot holds the 880 MiB
         names = promise_everything(pool, "after", 300 * MiB)
@@ -169,11 +174,7 @@ def test_a_create_sees_what_a_deleted_volumes_snapshot_keeps(monkeypatch: pytest
     otherwise last the whole test, taken when the pool was empty."""
     monkeypatch.setattr(capacity, "SPACE_READING_SECONDS", 3600.0)
     with small_pool() as pool:
-        pool.create_volume("gone", 890 * MiB)
-        assert pod_fills(pool.volume_path("gone"), most=880 * MiB) == Written(880 * MiB, "OK")
-        pool.create_snapshot("kept", "gone")
-        pool.delete_volume("gone")
-        filesystem.sync(pool.root)
+        keep_a_deleted_volumes_data(pool)
         with pytest.raises(InsufficientCapacity):
             pool.create_volume("too-big", 1200 * MiB)  # it would fit the empty pool
 

@@ -85,14 +85,20 @@ def test_only_a_restore_removes_the_snapshot_metadata_it_copied(tmp_path: Path) 
     assert [pool.get_volume("clone"), pool.get_volume("restore")] == [clone, restore]
 
 
-def test_creates_in_a_row_share_a_reading_of_the_pools_space_until_a_promise_is_released(
-    tmp_path: Path,
-) -> None:
-    backend = CountingBackend(tmp_path)
-    pool = Pool.open(tmp_path, backend=backend)
+def three_creates(root: Path) -> tuple[Pool, CountingBackend]:
+    """A pool on the counting fake after three creates, only their calls counted."""
+    backend = CountingBackend(root)
+    pool = Pool.open(root, backend=backend)
     backend.calls.clear()
     for name in ("a", "b", "c"):
         pool.create_volume(name, 8 * MiB)
+    return pool, backend
+
+
+def test_creates_in_a_row_share_a_reading_of_the_pools_space_until_a_promise_is_released(
+    tmp_path: Path,
+) -> None:
+    pool, backend = three_creates(tmp_path)
     assert backend.calls["space"] == 1
     pool.delete_volume("a")  # what it wrote may stay, held by a snapshot, and is no longer promised
     pool.create_volume("d", 8 * MiB)
@@ -103,11 +109,7 @@ def test_a_reading_of_the_pools_space_is_not_used_past_its_age(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(capacity, "SPACE_READING_SECONDS", 0.0)
-    backend = CountingBackend(tmp_path)
-    pool = Pool.open(tmp_path, backend=backend)
-    backend.calls.clear()
-    for name in ("a", "b", "c"):
-        pool.create_volume(name, 8 * MiB)
+    _pool, backend = three_creates(tmp_path)
     assert backend.calls["space"] == 3
 
 
