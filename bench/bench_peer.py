@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.bench_transfer import DATA_BYTES, POOL_BYTES, ROUNDS, fill, pipe_round, report, seconds
 from btrfs_core import subvolume
 from csi.pb import csi_pb2
-from tests.conftest import free_port
+from tests.conftest import free_ports
 from tests.csi.conftest import mount_capability
 from tests.pki import TestCA
 from tests.stress.harness import ServedDriver, retry_until_ok
@@ -57,7 +57,7 @@ def cpu_flags() -> dict[str, tuple[str, ...]]:
 
 
 def main() -> int:
-    ports = {node: free_port() for node in NODES}
+    ports = free_ports(NODES)
     cpus = cpu_flags()
     peers = "static:" + ",".join(f"{node}=127.0.0.1:{port}" for node, port in ports.items())
     with contextlib.ExitStack() as stack:

@@ -262,10 +262,11 @@ class Capacities:
         full answers without reading 10,000 volumes' usage. The first check takes a recent reading of
         the pool's space, the exact one a fresh reading.
         """
+        asked = time.monotonic()
         promise = self.ledger.get(volume_id)
         others = self.ledger.promised - (promise.capacity if promise else 0)
-        if size > available_bytes(self._recent_space(), others, self._overprovision):
-            space = self._fresh_space()
+        if size > available_bytes(self._space(asked - SPACE_READING_SECONDS), others, self._overprovision):
+            space = self._space(asked)  # the reading above, when it was taken for this call
             written = self._written_by_volume()
             unwritten = self.ledger.unwritten(written, exclude=volume_id)
             available = available_bytes(space, unwritten, self._overprovision)
@@ -280,19 +281,13 @@ class Capacities:
     def available(self) -> int:
         """The largest volume that can be created now."""
         unwritten = self.ledger.unwritten(self._written_by_volume())
-        return available_bytes(self._fresh_space(), unwritten, self._overprovision)
+        return available_bytes(self._space(time.monotonic()), unwritten, self._overprovision)
 
-    def _recent_space(self) -> PoolSpace:
-        reading = self._reading
-        if reading is None or time.monotonic() - reading[0] > SPACE_READING_SECONDS:
-            return self._fresh_space()
-        return reading[1]
-
-    def _fresh_space(self) -> PoolSpace:
-        read_at = time.monotonic()
-        space = self._fs.space()
-        self._reading = (read_at, space)
-        return space
+    def _space(self, since: float) -> PoolSpace:
+        """The pool's space as read at `since` or later: the last reading, or a new one."""
+        if self._reading is None or self._reading[0] < since:
+            self._reading = (time.monotonic(), self._fs.space())  # the time before the read
+        return self._reading[1]
 
     def release_vanished(self, existing: list[str]) -> list[str]:
         """Forgets the volumes of the ledger that are not among `existing` ids, nor arriving; returns them."""

@@ -1,9 +1,10 @@
 """Shared fixtures: a real btrfs pool on a loop device for tests marked `kernel`."""
 
+import contextlib
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,16 @@ def btrfs_mount() -> Iterator[Path]:
 
 def free_port() -> int:
     """A TCP port on the loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(["one"])["one"]
+
+
+def free_ports(names: Iterable[str]) -> dict[str, int]:
+    """A port like free_port's for each name, no two the same: each is held until all are picked (two
+    picks one after the other may return the same port)."""
+    with contextlib.ExitStack() as held:
+        ports: dict[str, int] = {}
+        for name in names:
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports[name] = s.getsockname()[1]
+        return ports

@@ -14,7 +14,7 @@ from btrfs_core.pool import Pool
 from csi.__main__ import Driver, start
 from csi.config import Config, Peers
 from tests.chart.helm_render import OPTIONS, containers, env, find, mounts, render, render_values, volumes
-from tests.conftest import free_port
+from tests.conftest import free_ports
 
 MiB = 1 << 20
 
@@ -83,7 +83,7 @@ def generated_tls_dirs(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def two_nodes(generated_tls_dirs: dict[str, Path], tmp_path: Path) -> Iterator[dict[str, Driver]]:
-    ports = {node: free_port() for node in generated_tls_dirs}
+    ports = free_ports(generated_tls_dirs)
     peers = Peers(static=tuple((node, f"127.0.0.1:{port}") for node, port in ports.items()))
     drivers: dict[str, Driver] = {}
     try:

@@ -15,7 +15,7 @@ from btrfs_core.pool import Pool
 from csi.__main__ import Driver, start
 from csi.config import Config, Peers
 from csi.pb import peer_pb2_grpc
-from tests.conftest import free_port
+from tests.conftest import free_ports
 from tests.pki import TestCA
 
 NODES = ("node-a", "node-b")
@@ -43,10 +43,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, Test
 @pytest.fixture
 def installation(certificates: tuple[TestCA, TestCA, dict[str, Path]]) -> Installation:
     ca, stranger, dirs = certificates
-    ports: dict[str, int] = {}
-    while len(set(ports.values())) < len(NODES):  # two picks of a free port may be the same port
-        ports = {node: free_port() for node in NODES}
-    return Installation(ca, stranger, dirs, ports)
+    return Installation(ca, stranger, dirs, free_ports(NODES))
 
 
 def channel_to(node: str, port: int, tls_dir: Path, name: str | None = None) -> grpc.Channel:
@@ -69,6 +66,19 @@ def stub(channel: grpc.Channel) -> peer_pb2_grpc.PeerStub:
 StartNode = Callable[[str], Driver]
 
 
+def node_config(installation: Installation, node: str, root: Path, socket_path: Path) -> Config:
+    """The configuration of `node` of the installation, serving `root`'s pool on socket_path."""
+    return Config(
+        socket_path=socket_path,
+        node_id=node,
+        pool=root,
+        max_workers=4,
+        peer_address=("127.0.0.1", installation.ports[node]),
+        peer_tls_dir=installation.tls_dirs[node],
+        peers=installation.peers,
+    )
+
+
 @pytest.fixture
 def start_node(installation: Installation, tmp_path: Path) -> Iterator[StartNode]:
     """Starts a node plugin of the installation over a fake pool of its own; all stopped afterwards."""
@@ -78,15 +88,7 @@ def start_node(installation: Installation, tmp_path: Path) -> Iterator[StartNode
     def start_node(node: str) -> Driver:
         root = tmp_path / node
         root.mkdir()
-        config = Config(
-            socket_path=sockets / f"{node}.sock",
-            node_id=node,
-            pool=root,
-            max_workers=4,
-            peer_address=("127.0.0.1", installation.ports[node]),
-            peer_tls_dir=installation.tls_dirs[node],
-            peers=installation.peers,
-        )
+        config = node_config(installation, node, root, sockets / f"{node}.sock")
         driver = start(config, Pool.open(root, backend=FakeBackend(root)))
         drivers.append(driver)
         return driver

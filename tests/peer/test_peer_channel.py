@@ -12,14 +12,13 @@ from btrfs_core.fake import FakeBackend
 from btrfs_core.models import Source, SourceKind
 from btrfs_core.pool import Pool
 from csi.__main__ import start
-from csi.config import Config
 from csi.errors import CsiError
 from csi.pb import peer_pb2
 from csi.peer.client import PeerClient
 from csi.peer.directory import StaticPeers
 from csi.peer.tls import TlsMaterial
 from csi.server import ServeError
-from tests.peer.conftest import Installation, StartNode, channel_to, stub
+from tests.peer.conftest import Installation, StartNode, channel_to, node_config, stub
 
 MiB = 1 << 20
 
@@ -167,15 +166,7 @@ def test_a_peer_port_another_driver_listens_on_is_refused_not_shared(
     root = tmp_path / "second"
     root.mkdir()
     sockets = Path(tempfile.mkdtemp(prefix="peer-"))  # short: unix socket paths are limited
-    config = Config(
-        socket_path=sockets / "second.sock",
-        node_id="node-a",
-        pool=root,
-        max_workers=4,
-        peer_address=("127.0.0.1", installation.ports["node-a"]),
-        peer_tls_dir=installation.tls_dirs["node-a"],
-        peers=installation.peers,
-    )
+    config = node_config(installation, "node-a", root, sockets / "second.sock")
     with pytest.raises(ServeError, match="cannot listen"):
         start(config, Pool.open(root, backend=FakeBackend(root)))
     sockets.rmdir()  # the peer port is bound first: the CSI socket was never made

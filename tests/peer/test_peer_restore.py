@@ -23,7 +23,7 @@ from btrfs_core.pool import Pool
 from csi.__main__ import start
 from csi.config import Config, Peers
 from csi.pb import csi_pb2, csi_pb2_grpc, peer_pb2
-from tests.conftest import free_port, kernel_skip_reason
+from tests.conftest import free_port, free_ports, kernel_skip_reason
 from tests.core.tree_fingerprint import MiB, fingerprint, populate
 from tests.csi.conftest import Client, mount_capability
 from tests.peer.conftest import NODES, channel_to, stub
@@ -72,7 +72,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]
         pytest.skip(reason)
     pki = tmp_path_factory.mktemp("pki")
     ca = TestCA(pki / "ca")
-    ports = {name: free_port() for name in NODES}
+    ports = free_ports(NODES)
     peers = "static:" + ",".join(f"{name}=127.0.0.1:{port}" for name, port in ports.items())
     with contextlib.ExitStack() as stack:
         found = {}
