@@ -25,7 +25,6 @@ median of `--repeat` runs of:
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +33,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bench.bench_core import cli
 from btrfs_core import filesystem
 from btrfs_core.pool import Pool
 from btrfs_exporter import build_registry
@@ -71,12 +71,7 @@ def grow(pool: Pool, volumes: int, have: int) -> None:
 
 def measure(pool: Pool, repeat: int) -> dict[str, float]:
     def show() -> None:
-        subprocess.run(
-            ["btrfs", "qgroup", "show", "--raw", str(pool.root)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=600,
-        )
+        cli("btrfs", "qgroup", "show", "--raw", str(pool.root))
 
     indexed = build_registry(pool, "bench.btrfs.csi")
     unindexed = build_registry(pool, "bench.btrfs.csi", index=False)
