@@ -17,6 +17,7 @@ from btrfs_core import mounts
 
 T = TypeVar("T")
 DEFAULT_SIZE = 1 << 30
+UNMOUNT_PATIENCE = 30.0  # seconds a pool may stay busy at clean-up before it is detached lazily
 
 
 def eventually(
@@ -75,7 +76,13 @@ def _unmount_all(device: str, mountpoint: Path) -> None:
             subprocess.run(["umount", "--lazy", entry.mount_point], check=False, timeout=60)
     # A thread of the test's pool can still hold the pool's root open for a moment (a commit kick
     # blocked until the commit in progress ends): busy for now, not for good.
-    eventually(lambda: _unmounted(mountpoint), f"{mountpoint} unmounted", timeout=30, interval=0.1)
+    try:
+        eventually(lambda: _unmounted(mountpoint), f"{mountpoint} unmounted", UNMOUNT_PATIENCE, 0.1)
+    except AssertionError:
+        # Busy for good: something still holds the pool open. Detached lazily, so that no mount is
+        # left behind and the filesystem and its loop device go once that lets go; still a failure.
+        subprocess.run(["umount", "--lazy", str(mountpoint)], check=False, timeout=60)
+        raise
 
 
 def _unmounted(mountpoint: Path) -> bool:
