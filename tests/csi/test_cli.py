@@ -148,6 +148,7 @@ def test_serves_until_signalled_then_stops_gracefully(
     assert process.returncode == 0, stderr
     assert time.monotonic() - started < 15  # within the grace period, not killed
     assert not socket.exists()
+    assert "Traceback" not in stderr
     messages = [json.loads(line)["msg"] for line in stderr.splitlines()]  # gRPC's own lines are not JSON
     assert "serving" in messages and "stopped" in messages, stderr
 
