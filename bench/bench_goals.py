@@ -24,7 +24,9 @@ only after the group commit, and nothing here turns that off.
 - At 10,000 volumes: CreateVolume p50 over its p50 at 10 volumes (goal <= 1.5x; both pools served at
   once, their samples interleaved, after a sync), the bare ioctls' p50 there over theirs at 10 (reported:
   the kernel's own growth, create + limit + commit), the driver's RSS, and one Prometheus scrape of the
-  pool (as /metrics renders it) over one `btrfs qgroup show --raw` of the same pool (goal <= 0.5x).
+  pool (as /metrics renders it) over one `btrfs qgroup show --raw` of the same pool (goal <= 0.5x);
+  then the same scrape as Prometheus makes it, a GET of the served driver's /metrics (gzip accepted:
+  the driver compresses the text), over the show again (both in turn).
   Filling the pool takes minutes; --scale 0 skips it. With BTRFS_CSI_BENCH_SNAPSHOTS=1 every volume also
   gets a snapshot (10,000 + 10,000), and the RSS is the one the issue asks for.
 
@@ -37,6 +39,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,13 +48,15 @@ from typing import TypeVar
 
 from bench.bench_core import cli, ms
 from bench.bench_scale import cpu_seconds, measure_pools, scaled_pool
+from bench.bench_scrape import interleaved_ms
 from bench.bench_scrape import measure as measure_scrape
 from bench.endpoints import Endpoint, ours, reference
 from btrfs_core import filesystem, quota, subvolume
 from btrfs_core.pool import Pool
 from csi.pb import csi_pb2, csi_pb2_grpc
+from tests.conftest import free_port
 from tests.csi.conftest import mount_capability
-from tests.stress.harness import RPC_TIMEOUT
+from tests.stress.harness import RPC_TIMEOUT, ServedDriver
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -248,6 +253,7 @@ def scale_figures(scale: int, samples: int, snapshots: bool) -> list[Figure]:
             filled = time.perf_counter() - started
             small, large = measure_pools([few, mount], samples, starts=1, bare=True)
             scrape = measure_scrape(Pool.open(mount), repeat=15)
+            served_scrape, served_show = http_scrape(mount, repeat=15)
     made = f"{scale:,} volumes" + (f" + {scale:,} snapshots" if snapshots else "")
     print(f"# {made} made in {filled:.0f} s; {load()}", file=sys.stderr, flush=True)
     return [
@@ -267,7 +273,31 @@ def scale_figures(scale: int, samples: int, snapshots: bool) -> list[Figure]:
         ),
         Figure(f"driver RSS, {made} vs 10", large.rss_mib, small.rss_mib, "MiB", ""),
         Figure(f"scrape vs `btrfs qgroup show`, {made}", scrape["scrape"], scrape["show"], "ms", "<= 0.5"),
+        Figure(
+            f"  GET /metrics of the served driver (gzip), {made}", served_scrape, served_show, "ms", "<= 0.5"
+        ),
     ]
+
+
+def http_scrape(mount: Path, repeat: int) -> tuple[float, float]:
+    """Median ms of a scrape as Prometheus makes it, a GET of the served driver's /metrics accepting
+    gzip (the driver compresses), the body read whole; and of `btrfs qgroup show`, taken in turn."""
+    address = f"127.0.0.1:{free_port()}"
+    request = urllib.request.Request(f"http://{address}/metrics", headers={"Accept-Encoding": "gzip"})
+
+    def scrape() -> None:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+
+    with ServedDriver(mount, ("--metrics-address", address)) as driver:
+        driver.start()
+        driver.wait_ready(timeout=300)
+        scrape()  # the first reads every object into the collector's index
+        scraped, shown = interleaved_ms(
+            [scrape, lambda: cli("btrfs", "qgroup", "show", "--raw", str(mount))], repeat
+        )
+        assert driver.stop() == 0, driver.log_tail()
+    return scraped, shown
 
 
 def main() -> int:
