@@ -66,6 +66,23 @@ def seeded(label: str) -> random.Random:
     return random.Random(seed)
 
 
+KILL_PATIENCE = 120.0  # seconds a SIGKILLed driver may take to die (see ServedDriver.kill)
+
+
+def kernel_stacks(pid: int) -> str:
+    """Each thread's state and kernel stack (/proc/PID/task/TID/stack, root only): where it waits."""
+    parts = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            state = next(
+                line for line in (task / "status").read_text().splitlines() if line.startswith("State:")
+            )
+            parts.append(f"{task.name} {state}\n{(task / 'stack').read_text()}")
+        except OSError as exc:
+            parts.append(f"{task.name}: {exc}")
+    return "\n".join(parts)
+
+
 @dataclass
 class ServedDriver:
     """`btrfs-csi serve` on a pool, in a process of its own; stdout and stderr go to one log file.
@@ -146,11 +163,21 @@ class ServedDriver:
         self._channels.clear()
 
     def kill(self) -> int:
-        """SIGKILL, then waits for the process; returns its exit status (-9 unless it had exited)."""
+        """SIGKILL, then waits for the process; returns its exit status (-9 unless it had exited).
+
+        A thread killed inside an uninterruptible kernel wait (a transaction commit: WAIT_SYNC, a
+        snapshot's commit) dies only when that wait ends, which on a loop device over a busy host disk
+        took more than 30 s once in CI; the kernel itself calls a task hung after 120 s."""
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(signal.SIGKILL)
-        status = self.process.wait(timeout=30)
+        try:
+            status = self.process.wait(timeout=KILL_PATIENCE)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the driver outlived SIGKILL by {KILL_PATIENCE:.0f} s; its threads in the kernel:\n"
+                + kernel_stacks(self.process.pid)
+            ) from None
         self._close_channels()
         return status
 
