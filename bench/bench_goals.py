@@ -48,7 +48,7 @@ from typing import TypeVar
 
 from bench.bench_core import cli, ms
 from bench.bench_scale import cpu_seconds, measure_pools, scaled_pool
-from bench.bench_scrape import interleaved_ms
+from bench.bench_scrape import interleaved_ms, qgroup_show
 from bench.bench_scrape import measure as measure_scrape
 from bench.endpoints import Endpoint, ours, reference
 from btrfs_core import filesystem, quota, subvolume
@@ -56,7 +56,7 @@ from btrfs_core.pool import Pool
 from csi.pb import csi_pb2, csi_pb2_grpc
 from tests.conftest import free_port
 from tests.csi.conftest import mount_capability
-from tests.stress.harness import RPC_TIMEOUT, ServedDriver
+from tests.stress.harness import RPC_TIMEOUT, served
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -289,13 +289,9 @@ def http_scrape(mount: Path, repeat: int) -> tuple[float, float]:
         with urllib.request.urlopen(request, timeout=60) as response:
             response.read()
 
-    with ServedDriver(mount, ("--metrics-address", address)) as driver:
-        driver.start()
-        driver.wait_ready(timeout=300)
+    with served(mount, "--metrics-address", address) as driver:
         scrape()  # the first reads every object into the collector's index
-        scraped, shown = interleaved_ms(
-            [scrape, lambda: cli("btrfs", "qgroup", "show", "--raw", str(mount))], repeat
-        )
+        scraped, shown = interleaved_ms([scrape, lambda: qgroup_show(mount)], repeat)
         assert driver.stop() == 0, driver.log_tail()
     return scraped, shown
 

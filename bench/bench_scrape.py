@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -69,9 +70,14 @@ def grow(pool: Pool, volumes: int, have: int) -> None:
             pool.create_snapshot(f"snapshot-{i:05d}", name)
 
 
+def qgroup_show(root: Path) -> None:
+    """One `btrfs qgroup show --raw` of the pool, as a shell-out exporter would run it."""
+    cli("btrfs", "qgroup", "show", "--raw", str(root))
+
+
 def measure(pool: Pool, repeat: int) -> dict[str, float]:
     def show() -> None:
-        cli("btrfs", "qgroup", "show", "--raw", str(pool.root))
+        qgroup_show(pool.root)
 
     indexed = build_registry(pool, "bench.btrfs.csi")
     unindexed = build_registry(pool, "bench.btrfs.csi", index=False)
