@@ -21,6 +21,11 @@ only after the group commit, and nothing here turns that off.
 - Sequential, one call at a time, samples interleaved: (CreateVolume - Probe) over the bare ioctls
   (subvolume create + qgroup limit + the driver's commit, START_SYNC + WAIT_SYNC) and over the CLI
   (btrfs subvolume create, btrfs qgroup limit, btrfs filesystem sync). Goals <= 1.2x and <= 0.5x.
+- CreateVolume, 16 clients, two rounds each once both drivers hold --existing volumes (each made
+  through the driver's own CreateVolume first, untimed): the reference rewrites its whole state file per
+  call, so its rate falls as volumes accumulate (its rounds above fall too), where ours stays flat.
+  Reported, no goal (the goal figure is the first, from empty drivers); measured last, so that the
+  volumes it adds weigh on no figure before it.
 - At 10,000 volumes: CreateVolume p50 over its p50 at 10 volumes (goal <= 1.5x; both pools served at
   once, their samples interleaved, after a sync), the bare ioctls' p50 there over theirs at 10 (reported:
   the kernel's own growth, create + limit + commit), the driver's RSS, and one Prometheus scrape of the
@@ -233,6 +238,19 @@ def throughput_figures(
     ]
 
 
+def populated_throughput(drivers: list[Endpoint], existing: int, per_round: int) -> list[Figure]:
+    """throughput() of CreateVolume, two rounds each, once every driver holds at least `existing`
+    volumes (those it lacks made first, untimed, by the same 16 clients)."""
+    for driver in drivers:
+        lacking = existing - driver.volume_count()
+        concurrently(driver, [create_request(f"existing-{i}") for i in range(lacking)], create_volume)
+    measured = throughput(
+        drivers, 2, lambda _d, r: [create_request(f"at-{r}-{i}") for i in range(per_round)], create_volume
+    )
+    what = f"CreateVolume, {CLIENTS} clients, from {existing:,} volumes in each driver"
+    return throughput_figures(what, measured, drivers, goal="")
+
+
 def print_figures(figures: list[Figure], reference_label: str) -> None:
     print("| figure | btrfs-csi | against | ratio | goal | |")
     print("|---|---:|---:|---:|---|---|")
@@ -304,6 +322,9 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=400, help="volumes created per round")
     parser.add_argument("--snapshot-rounds", type=int, default=1, help="CreateSnapshot rounds per driver")
     parser.add_argument("--samples", type=int, default=60, help="sequential samples per operation")
+    parser.add_argument(
+        "--existing", type=int, default=2_000, help="volumes each driver holds for the last rounds (0: skip)"
+    )
     parser.add_argument("--scale", type=int, default=10_000, help="volumes of the large pool (0: skip)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -346,6 +367,8 @@ def main() -> int:
         figures.append(
             Figure("(CreateVolume - Probe) vs CLI create+limit+sync", ours_only, seq["CLI"], "ms", "<= 0.5")
         )
+        if args.existing:
+            figures += populated_throughput(drivers, args.existing, args.per_round)
     if args.scale:
         figures += scale_figures(args.scale, 30, os.environ.get(SNAPSHOTS_ENV, "") not in ("", "0"))
     print()

@@ -71,10 +71,7 @@ def grpc_path(size: int) -> Iterator[Endpoint]:
                 *serve_args(socket, mount, *options),
             ]
 
-        volumes = mount / "volumes"
-        with spawned(
-            "gRPC path", argv, mount, lambda volume_id: volumes / volume_id, environment(), REPO
-        ) as endpoint:
+        with spawned("gRPC path", argv, mount, mount / "volumes", environment(), REPO) as endpoint:
             yield endpoint
 
 

@@ -23,13 +23,20 @@ BUILD_REFERENCE = Path(__file__).resolve().parents[1] / "tools" / "csi-driver-ho
 
 @dataclass
 class Endpoint:
-    """A driver on a unix socket, and where the data of a volume id lands (to fill it before snapshots)."""
+    """A driver on a unix socket, and the directory holding a directory per volume, where the data of a
+    volume id lands (to fill it before snapshots)."""
 
     label: str
     socket: Path
     root: Path  # the mount point of the driver's btrfs
-    data_dir: Callable[[str], Path]
+    volumes: Path
     pid: int
+
+    def data_dir(self, volume_id: str) -> Path:
+        return self.volumes / volume_id
+
+    def volume_count(self) -> int:
+        return sum(1 for entry in os.scandir(self.volumes) if entry.is_dir())
 
     @contextmanager
     def stubs(self) -> Iterator[tuple[csi_pb2_grpc.IdentityStub, csi_pb2_grpc.ControllerStub]]:
@@ -58,7 +65,7 @@ def spawned(
     label: str,
     argv: Callable[[Path], list[str]],
     mount: Path,
-    data_dir: Callable[[str], Path],
+    volumes: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Iterator[Endpoint]:
@@ -75,7 +82,7 @@ def spawned(
         cleanup.callback(process.wait, 30)
         cleanup.callback(process.kill)
         wait_ready(label, socket, process)
-        yield Endpoint(label, socket, mount, data_dir, process.pid)
+        yield Endpoint(label, socket, mount, volumes, process.pid)
 
 
 @contextmanager
@@ -93,7 +100,7 @@ def reference(size: int) -> Iterator[Endpoint]:
             endpoint = f"unix://{socket}"
             return [str(binary), "--endpoint", endpoint, "--nodeid", "bench", "--statedir", str(state)]
 
-        with spawned(label, argv, mount, lambda volume_id: state / volume_id) as endpoint:
+        with spawned(label, argv, mount, state) as endpoint:
             yield endpoint
 
 
@@ -108,8 +115,5 @@ def ours(size: int, existing: int = 0, snapshots: bool = False) -> Iterator[Endp
             driver.start()
             driver.wait_ready()
             assert driver.process is not None
-            volumes = mount / "volumes"
-            yield Endpoint(
-                "btrfs-csi", driver.socket, mount, lambda volume_id: volumes / volume_id, driver.process.pid
-            )
+            yield Endpoint("btrfs-csi", driver.socket, mount, mount / "volumes", driver.process.pid)
             assert driver.stop() == 0, driver.log_tail()
