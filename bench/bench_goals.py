@@ -85,6 +85,14 @@ def create_request(name: str, capacity: int = MiB) -> csi_pb2.CreateVolumeReques
     )
 
 
+def create_rounds(
+    prefix: str, per_round: int
+) -> Callable[[Endpoint, int], list[csi_pb2.CreateVolumeRequest]]:
+    """throughput()'s requests for CreateVolume: per_round new names each round, the same for every
+    driver."""
+    return lambda _driver, r: [create_request(f"{prefix}-{r}-{i}") for i in range(per_round)]
+
+
 def create_volume(controller: Stub, request: csi_pb2.CreateVolumeRequest) -> object:
     return controller.CreateVolume(request, timeout=RPC_TIMEOUT)
 
@@ -244,9 +252,7 @@ def populated_throughput(drivers: list[Endpoint], existing: int, per_round: int)
     for driver in drivers:
         lacking = existing - driver.volume_count()
         concurrently(driver, [create_request(f"existing-{i}") for i in range(lacking)], create_volume)
-    measured = throughput(
-        drivers, 2, lambda _d, r: [create_request(f"at-{r}-{i}") for i in range(per_round)], create_volume
-    )
+    measured = throughput(drivers, 2, create_rounds("at", per_round), create_volume)
     what = f"CreateVolume, {CLIENTS} clients, from {existing:,} volumes in each driver"
     return throughput_figures(what, measured, drivers, goal="")
 
@@ -335,12 +341,7 @@ def main() -> int:
     size = 16 * GiB  # sparse: 16 x 64 MiB sources, the volumes' limits and the reference's archives
     with ours(size) as btrfs_csi, reference(size) as other:
         drivers = [btrfs_csi, other]
-        measured = throughput(
-            drivers,
-            args.rounds,
-            lambda _driver, r: [create_request(f"tp-{r}-{i}") for i in range(args.per_round)],
-            create_volume,
-        )
+        measured = throughput(drivers, args.rounds, create_rounds("tp", args.per_round), create_volume)
         what = f"CreateVolume, {CLIENTS} clients ({args.rounds} rounds of {args.per_round:,})"
         figures += throughput_figures(what, measured, drivers)
         # The gRPC floor: a call that does nothing, so its CPU is each runtime's own cost per call.

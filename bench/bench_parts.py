@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.bench_goals import CLIENTS, create_request, create_volume, load, throughput
+from bench.bench_goals import CLIENTS, create_rounds, create_volume, load, throughput
 from bench.endpoints import Endpoint, ours, spawned
 from btrfs_core.models import Volume
 from btrfs_core.pool import Pool
@@ -132,10 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = 4 * GiB + 2 * options.rounds * options.per_round * MiB
     print(f"# start: {load()}", file=sys.stderr, flush=True)
     with ours(size) as whole, grpc_path(size) as alone:
-
-        def requests(driver: Endpoint, round_number: int) -> list[Any]:
-            return [create_request(f"parts-{round_number}-{i}") for i in range(options.per_round)]
-
+        requests = create_rounds("parts", options.per_round)
         rates, cpu = throughput([whole, alone], options.rounds, requests, create_volume)
     core_rates, core_cpu = core_alone(size, options.rounds, options.per_round)
     print(f"# rounds (/s): {rates}, core {core_rates}; {load()}", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ median of `--repeat` runs of:
 """
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -76,9 +77,7 @@ def qgroup_show(root: Path) -> None:
 
 
 def measure(pool: Pool, repeat: int) -> dict[str, float]:
-    def show() -> None:
-        qgroup_show(pool.root)
-
+    show = functools.partial(qgroup_show, pool.root)
     indexed = build_registry(pool, "bench.btrfs.csi")
     unindexed = build_registry(pool, "bench.btrfs.csi", index=False)
     few = max(3, repeat // 5)
